@@ -1,0 +1,1 @@
+"""Where results live and how they are read: layout, atomic writes, Parquet, DuckDB. No torch."""

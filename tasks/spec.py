@@ -1,0 +1,253 @@
+"""What one run is: frozen dataclasses built once (by runner/ from a grid, or by `rethink train`
+from flags) and passed to every function in tasks/. Validation lives here so a bad value is
+refused with one sentence before any data is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rethink.errors import SpecError
+
+DATASETS = ("cifar10", "cifar100", "synthetic")
+MODELS = ("mlp1x512", "mlp3x512", "alexnet_small", "inception_small", "resnet18")
+LABEL_KINDS = ("labels", "label_noise")  # take a level p in [0, 1]
+IMAGE_KINDS = ("shuffled_pixels", "random_pixels", "gaussian")  # whole training set, no level
+CORRUPTIONS = ("none",) + LABEL_KINDS + IMAGE_KINDS
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "cifar10"
+    train_size: int | None = None  # stratified seeded subset of the training split; None = all
+    test_size: int | None = None  # likewise for the test split
+    crop: int | None = None  # centre crop side in pixels (Zhang et al.: 28); None = full image
+    whiten: bool = False  # per-image standardization (Zhang et al.) instead of per-channel norm
+    seed: int = 0  # picks the subset; the same for every run so runs see the same images
+    image_size: int = 32  # synthetic only: side of the square images
+    num_classes: int = 10  # synthetic only
+
+    def __post_init__(self) -> None:
+        _one_of("dataset", self.dataset, DATASETS)
+        for name in ("train_size", "test_size", "crop"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise SpecError(f"data.{name} must be a positive integer, got {value!r}")
+        if self.crop is not None and self.crop > self.image_size:
+            raise SpecError(f"data.crop={self.crop} is larger than the {self.image_size}-pixel images")
+        if self.num_classes < 2:
+            raise SpecError(f"data.num_classes must be at least 2, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class CorruptionSpec:
+    kind: str = "none"
+    level: float = 0.0  # probability p for labels / label_noise; 1.0 for the image kinds
+
+    def __post_init__(self) -> None:
+        _one_of("corruption", self.kind, CORRUPTIONS)
+        if self.kind in LABEL_KINDS:
+            _fraction(f"level of {self.kind}", self.level)
+        elif self.kind == "none" and self.level not in (0, 0.0):
+            raise SpecError(f"corruption 'none' takes no level, got {self.level!r}")
+        elif self.kind in IMAGE_KINDS and self.level != 1.0:
+            raise SpecError(f"corruption '{self.kind}' applies to every image and takes no level")
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.level:g}" if self.kind in LABEL_KINDS else self.kind
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    weight_decay: float = 0.0  # L2 coefficient added by the optimizer
+    dropout: float = 0.0  # drop probability on hidden fully connected layers
+    augment: bool = False  # random crop (4-pixel padding) + horizontal flip, on the device
+    early_stopping: int = 0  # patience in epochs on the held-out slice; 0 = off
+    holdout: float = 0.1  # fraction of the training set held out when early_stopping is on
+    label_smoothing: float = 0.0
+    batch_norm: bool | None = None  # None = the model's default (on for inception/resnet)
+
+    def __post_init__(self) -> None:
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise SpecError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _fraction("dropout", self.dropout, upper_open=True)
+        _fraction("label_smoothing", self.label_smoothing, upper_open=True)
+        if not isinstance(self.early_stopping, int) or self.early_stopping < 0:
+            raise SpecError(f"early_stopping is a patience in epochs (>= 0), got {self.early_stopping!r}")
+        if not 0 < self.holdout < 1:
+            raise SpecError(f"holdout must be in (0, 1), got {self.holdout!r}")
+
+    @property
+    def label(self) -> str:
+        """A short readable name, e.g. 'weight_decay=0.0005+augment'; 'none' when all are off."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "holdout" or value == f.default:
+                continue
+            parts.append(f.name if value is True else f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
+        return "+".join(parts) or "none"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 0.01  # initial learning rate
+    momentum: float = 0.9  # SGD momentum (beta1 for adam)
+    lr_decay: float = 0.95  # lr multiplied by this after every epoch
+    optimizer: str = "sgd"
+    fit_threshold: float = 0.99  # a run has fit once train accuracy reaches this
+    probe_every: int = 0  # probes every K epochs; 0 = never
+    checkpoint_every: int = 1  # epochs between checkpoints
+
+    def __post_init__(self) -> None:
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SpecError(f"train.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.probe_every, int) or self.probe_every < 0:
+            raise SpecError(f"train.probe_every must be an integer >= 0, got {self.probe_every!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SpecError(f"train.lr must be > 0, got {self.lr!r}")
+        _fraction("train.momentum", self.momentum, upper_open=True)
+        if not 0 < self.lr_decay <= 1:
+            raise SpecError(f"train.lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        _fraction("train.fit_threshold", self.fit_threshold)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fully resolved run. Its id is the hash of this whole config: the same config is the
+    same run in any experiment."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: str = "mlp1x512"
+    width: float = 1.0  # multiplier on hidden units / channels
+    init_scale: float = 1.0  # multiplier on the initial weights (Mehta et al.)
+    corruption: CorruptionSpec = field(default_factory=CorruptionSpec)
+    regularizer: RegularizerSpec = field(default_factory=RegularizerSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("model", self.model, MODELS)
+        if not (self.width > 0 and math.isfinite(self.width)):
+            raise SpecError(f"width must be > 0, got {self.width!r}")
+        if not (self.init_scale > 0 and math.isfinite(self.init_scale)):
+            raise SpecError(f"init_scale must be > 0, got {self.init_scale!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise SpecError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(
+            data=DataSpec(**d["data"]),
+            model=d["model"],
+            width=d["width"],
+            init_scale=d["init_scale"],
+            corruption=CorruptionSpec(**d["corruption"]),
+            regularizer=RegularizerSpec(**d["regularizer"]),
+            train=TrainSpec(**d["train"]),
+            seed=d["seed"],
+        )
+
+    @property
+    def run_id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def pack_key(self) -> tuple:
+        """Runs with equal keys may train together in one pack: same data, same model shape."""
+        t = self.train
+        return (self.data, self.model, self.width, self.regularizer.batch_norm, t.batch_size, t.epochs)
+
+
+# ---- parsing command-line style values -------------------------------------------------------
+
+
+def parse_corruption(text: str) -> CorruptionSpec:
+    """'none', 'gaussian', 'labels:0.5', 'label_noise:0.2' -> CorruptionSpec."""
+    kind, _, level = text.strip().partition(":")
+    if kind in LABEL_KINDS and not level:
+        raise SpecError(f"corruption '{kind}' needs a level, e.g. {kind}:0.5")
+    if not level:
+        return CorruptionSpec(kind=kind, level=1.0 if kind in IMAGE_KINDS else 0.0)
+    return CorruptionSpec(kind=kind, level=_number(f"level of {kind}", level))
+
+
+def parse_regularizer(text: str) -> RegularizerSpec:
+    """'none' or 'weight_decay=5e-4,dropout=0.5,augment' -> RegularizerSpec."""
+    text = text.strip()
+    if text in ("", "none"):
+        return RegularizerSpec()
+    settings: dict[str, Any] = {}
+    for item in text.split(","):
+        key, eq, value = item.strip().partition("=")
+        settings[key] = value if eq else True
+    return regularizer_from_mapping(settings)
+
+
+def regularizer_from_mapping(settings: dict[str, Any]) -> RegularizerSpec:
+    """A grid entry's mapping (values may be strings from the command line) -> RegularizerSpec."""
+    fields = {f.name: f for f in dataclasses.fields(RegularizerSpec)}
+    kwargs: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key not in fields:
+            raise SpecError(f"unknown regularizer '{key}'; valid: {', '.join(fields)}")
+        kwargs[key] = _coerce(key, value, fields[key].default)
+    return RegularizerSpec(**kwargs)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Turn a YAML or command-line value into the type of the field's default."""
+    if isinstance(default, bool) or default is None:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes", "on"):
+            return True
+        if str(value).lower() in ("false", "0", "no", "off"):
+            return False
+        raise SpecError(f"{name} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or not str(value).lstrip("-").isdigit():
+            raise SpecError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        return _number(name, value)
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise SpecError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise SpecError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _one_of(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise SpecError(f"unknown {name} '{value}'; valid: {', '.join(valid)}")
+
+
+def _fraction(name: str, value: Any, upper_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    if not ok or (upper_open and value == 1):
+        bound = "[0, 1)" if upper_open else "[0, 1]"
+        raise SpecError(f"{name} must be in {bound}, got {value!r}")

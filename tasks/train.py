@@ -1,0 +1,300 @@
+"""The training loop. Its unit of work is a *pack*: runs that share dataset and model shape,
+trained on one device. Each epoch emits one metrics row per run through `on_epoch`, and every
+`checkpoint_every` epochs a checkpoint through `on_checkpoint`; the loop writes no files.
+
+Today a pack trains its runs side by side, one model each, epoch by epoch; training a pack as
+one stacked model changes what happens inside `train_pack`, not its signature."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rethink.errors import SpecError
+from rethink.tasks import checkpoint
+from rethink.tasks.batches import augment
+from rethink.tasks.corruption import corrupt, noisy_labels
+from rethink.tasks.data import Dataset, load_dataset, stratified_indices
+from rethink.tasks.evaluate import Normalizer, measure, measure_train
+from rethink.tasks.models import build_model
+from rethink.tasks.spec import RunSpec
+
+# The columns of one epoch row, in order (DESIGN.md's `epochs` view, plus the held-out split).
+EPOCH_COLUMNS = (
+    "run_id", "epoch", "step", "lr", "train_loss", "train_acc", "train_acc_corrupted",
+    "train_acc_clean", "train_acc_true", "test_loss", "test_acc", "gap", "val_loss", "val_acc",
+    "wall_s", "examples_per_s",
+)
+TIMING_COLUMNS = ("wall_s", "examples_per_s")  # the only columns that differ between reruns
+
+OnEpoch = Callable[[str, dict], None]  # (run_id, row)
+OnCheckpoint = Callable[[str, int, bytes], None]  # (run_id, epoch, checkpoint bytes)
+
+
+@dataclass
+class RunOutcome:
+    """How one run of a pack ended."""
+
+    run_id: str
+    status: str  # done | failed
+    stop_reason: str  # completed | early_stopped | diverged | error
+    epochs_done: int
+    epochs_to_fit: int | None = None
+    steps_to_fit: int | None = None
+    best_test_acc: float | None = None
+    error: str | None = None
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (Python's hash() is salted per process)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_pack(
+    runs: Sequence[RunSpec],
+    data_dir: str | Path,
+    *,
+    on_epoch: OnEpoch,
+    on_checkpoint: OnCheckpoint | None = None,
+    resume: dict[str, bytes] | None = None,
+    device: torch.device | str | None = None,
+    dataset: Dataset | None = None,
+) -> list[RunOutcome]:
+    """Train every run of the pack to its end; a run that fails or stops early drops out and the
+    others go on. `resume` maps run ids to checkpoint bytes to start from."""
+    if not runs:
+        return []
+    keys = {run.pack_key for run in runs}
+    if len(keys) > 1:
+        raise SpecError("a pack's runs must share dataset, model shape, batch size and epochs")
+    if any(run.train.probe_every for run in runs):
+        raise SpecError("probes (train.probe_every) are not available yet; set probe_every: 0")
+    device = torch.device(device) if device is not None else default_device()
+    dataset = dataset or load_dataset(runs[0].data, data_dir)
+    resume = resume or {}
+    on_device: dict[int, torch.Tensor] = {}  # tensors shared by runs (e.g. clean images) move once
+    states: list[RunState] = []
+    outcomes: dict[str, RunOutcome] = {}
+    for spec in runs:
+        try:
+            state = RunState(spec, dataset, device, on_device)
+            if spec.run_id in resume:
+                state.load(resume[spec.run_id])
+            states.append(state)
+        except Exception as exc:  # one bad run must not sink the pack
+            outcomes[spec.run_id] = _failed(spec.run_id, 0, exc)
+    active = [s for s in states if not s.finished]
+    while active:
+        for state in list(active):
+            try:
+                row = state.run_epoch()
+            except Exception as exc:
+                outcomes[state.run_id] = _failed(state.run_id, state.epoch, exc)
+                active.remove(state)
+                continue
+            on_epoch(state.run_id, row)
+            if on_checkpoint and (state.finished or state.epoch % state.spec.train.checkpoint_every == 0):
+                on_checkpoint(state.run_id, state.epoch, state.dump())
+            if state.finished:
+                active.remove(state)
+    for state in states:
+        outcomes.setdefault(state.run_id, state.outcome())
+    return [outcomes[run.run_id] for run in runs]
+
+
+def _failed(run_id: str, epoch: int, exc: BaseException) -> RunOutcome:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return RunOutcome(run_id, "failed", "error", epoch, error=text)
+
+
+class RunState:
+    """Everything one run owns on the device: data views, model, optimizer, its RNG streams and
+    its progress. Global torch RNG (dropout) is swapped in and out around each epoch so runs of
+    one pack never share a stream."""
+
+    def __init__(self, spec: RunSpec, dataset: Dataset, device: torch.device, on_device: dict[int, torch.Tensor]):
+        self.spec, self.device, self.run_id = spec, device, spec.run_id
+        reg, seed = spec.regularizer, spec.seed
+        data = corrupt(dataset, spec.corruption, seed)
+
+        def put(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in on_device:
+                on_device[id(t)] = t.to(device)
+            return on_device[id(t)]
+
+        images, labels = put(data.train.images), put(data.train.labels)
+        true_labels, corrupted = put(data.true_labels), put(data.corrupted)
+        n = len(labels)
+        if reg.early_stopping:
+            held = stratified_indices(data.true_labels, max(1, round(reg.holdout * n)), derive_seed(seed, "holdout"))
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[held] = False
+            held, kept = held.to(device), keep.nonzero().squeeze(1).to(device)
+            self.val_images, self.val_labels = images[held], labels[held]
+            images, labels, true_labels, corrupted = images[kept], labels[kept], true_labels[kept], corrupted[kept]
+        else:
+            self.val_images = self.val_labels = None
+        self.images, self.labels, self.true_labels, self.corrupted = images, labels, true_labels, corrupted
+        self.test_images, self.test_labels = put(data.test.images), put(data.test.labels)
+        self.num_classes = dataset.num_classes
+        self.normalize = Normalizer(
+            torch.tensor(dataset.mean, device=device), torch.tensor(dataset.std, device=device), spec.data.whiten
+        )
+
+        torch.manual_seed(derive_seed(seed, "init"))
+        in_shape = tuple(self.images.shape[1:])
+        self.model = build_model(
+            spec.model, in_shape=in_shape, num_classes=self.num_classes, width=spec.width,
+            init_scale=spec.init_scale, dropout=reg.dropout, batch_norm=reg.batch_norm,
+        ).to(device)
+        t = spec.train
+        if t.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=reg.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.Adam(
+                self.model.parameters(), lr=t.lr, betas=(t.momentum, 0.999), weight_decay=reg.weight_decay
+            )
+        self.generator = torch.Generator(device=device)  # data order, augmentation, label noise
+        self.generator.manual_seed(derive_seed(seed, "data"))
+        self.torch_rng = torch.get_rng_state()  # dropout's stream (CPU), owned by this run
+        self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        self.epoch = self.step = 0
+        self.epochs_to_fit: int | None = None
+        self.steps_to_fit: int | None = None
+        self.best_test_acc: float | None = None
+        self.best_val_acc = -1.0
+        self.epochs_since_best = 0
+        self.stop_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.stop_reason is not None or self.epoch >= self.spec.train.epochs
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        outer = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state(self.device) if self.cuda_rng is not None else None
+        torch.set_rng_state(self.torch_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+        try:
+            yield
+        finally:
+            self.torch_rng = torch.get_rng_state()
+            torch.set_rng_state(outer)
+            if self.cuda_rng is not None:
+                self.cuda_rng = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(outer_cuda, self.device)
+
+    def run_epoch(self) -> dict:
+        """Train one epoch, measure, decide whether to stop; return the epoch's row."""
+        spec, t, reg = self.spec, self.spec.train, self.spec.regularizer
+        lr = t.lr * t.lr_decay ** self.epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        start = time.perf_counter()
+        with self._own_rng():
+            self._train_one_epoch(t.batch_size, reg.augment, reg.label_smoothing)
+        self._sync()
+        train_s = time.perf_counter() - start
+        self.epoch += 1
+        row: dict = {"run_id": self.run_id, "epoch": self.epoch, "step": self.step, "lr": lr}
+        row |= measure_train(self.model, self.images, self.labels, self.true_labels, self.corrupted, self.normalize)
+        row |= measure(self.model, self.test_images, self.test_labels, self.normalize, "test")
+        row["gap"] = row["train_acc"] - row["test_acc"]
+        if self.val_images is not None:
+            row |= measure(self.model, self.val_images, self.val_labels, self.normalize, "val")
+        else:
+            row |= {"val_loss": None, "val_acc": None}
+        self._sync()
+        row["wall_s"] = time.perf_counter() - start
+        row["examples_per_s"] = len(self.labels) / train_s if train_s > 0 else None
+        self._update_progress(row)
+        return {column: row[column] for column in EPOCH_COLUMNS}
+
+    def _train_one_epoch(self, batch_size: int, augmented: bool, label_smoothing: float) -> None:
+        self.model.train()
+        noise = self.spec.corruption.level if self.spec.corruption.kind == "label_noise" else 0.0
+        order = torch.randperm(len(self.labels), generator=self.generator, device=self.device)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            x, y = self.images[idx], self.labels[idx]
+            if noise:
+                y = noisy_labels(y, noise, self.num_classes, self.generator)
+            if augmented:
+                x = augment(x, self.generator)
+            loss = F.cross_entropy(self.model(self.normalize(x)), y, label_smoothing=label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+
+    def _update_progress(self, row: dict) -> None:
+        if self.epochs_to_fit is None and row["train_acc"] >= self.spec.train.fit_threshold:
+            self.epochs_to_fit, self.steps_to_fit = self.epoch, self.step
+        if row["test_acc"] is not None and (self.best_test_acc is None or row["test_acc"] > self.best_test_acc):
+            self.best_test_acc = row["test_acc"]
+        if not math.isfinite(row["train_loss"]):
+            self.stop_reason = "diverged"
+        elif self.spec.regularizer.early_stopping and row["val_acc"] is not None:
+            if row["val_acc"] > self.best_val_acc:
+                self.best_val_acc, self.epochs_since_best = row["val_acc"], 0
+            else:
+                self.epochs_since_best += 1
+                if self.epochs_since_best >= self.spec.regularizer.early_stopping:
+                    self.stop_reason = "early_stopped"
+        if self.stop_reason is None and self.epoch >= self.spec.train.epochs:
+            self.stop_reason = "completed"
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def outcome(self) -> RunOutcome:
+        return RunOutcome(
+            self.run_id, "done", self.stop_reason or "completed", self.epoch,
+            self.epochs_to_fit, self.steps_to_fit, self.best_test_acc,
+        )
+
+    # -- checkpoints: everything needed to continue exactly where this run stopped --------------
+
+    PROGRESS = ("epoch", "step", "epochs_to_fit", "steps_to_fit", "best_test_acc", "best_val_acc",
+                "epochs_since_best", "stop_reason")
+
+    def dump(self) -> bytes:
+        return checkpoint.dumps({
+            "run": self.spec.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": self.torch_rng, "cuda": self.cuda_rng, "data": self.generator.get_state()},
+            "progress": {name: getattr(self, name) for name in self.PROGRESS},
+        })
+
+    def load(self, blob: bytes) -> None:
+        state = checkpoint.loads(blob)
+        if state["run"] != self.spec.to_dict():
+            raise checkpoint.CheckpointError("checkpoint belongs to a different run config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.torch_rng = state["rng"]["torch"]
+        if self.cuda_rng is not None and state["rng"]["cuda"] is not None:
+            self.cuda_rng = state["rng"]["cuda"]
+        self.generator.set_state(state["rng"]["data"])
+        for name, value in state["progress"].items():
+            setattr(self, name, value)

@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # recent typer vendors its own click; older ones use click itself
+    from typer._click import exceptions as clickx
+except ImportError:  # pragma: no cover
+    from click import exceptions as clickx
 
 from rethink.errors import RethinkError
 
@@ -21,21 +25,23 @@ class _OneLineErrors(TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.Exit as exc:
+        except typer.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.UsageError as exc:
+        except clickx.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # typer has printed the help already
+                sys.exit(2)
             _die(exc.format_message(), 2)
-        except click.ClickException as exc:
+        except clickx.ClickException as exc:
             _die(exc.format_message(), exc.exit_code)
         except RethinkError as exc:
             _die(str(exc), exc.exit_code)
-        except (KeyboardInterrupt, click.exceptions.Abort):
+        except (KeyboardInterrupt, typer.Abort):
             _die("interrupted", 130)
 
 
 def _die(message: str, code: int) -> None:
     first_line = " ".join(message.split())
-    click.echo(f"Error: {first_line}", err=True)
+    typer.echo(f"Error: {first_line}", err=True)
     sys.exit(code)
 
 
@@ -57,7 +63,7 @@ def _default_data_dir() -> Path:
     return Path(os.environ.get("RETHINK_DATA") or Path.home() / ".cache" / "rethink" / "data")
 
 
-DataDir = Annotated[Path, typer.Option(help="Dataset folder (Parquet or torchvision layout); default $RETHINK_DATA or ~/.cache/rethink/data.", default_factory=_default_data_dir, show_default=False)]
+DataDir = Annotated[Path | None, typer.Option(help="Dataset folder (Parquet or torchvision layout); default $RETHINK_DATA or ~/.cache/rethink/data.", show_default=False)]
 
 
 @app.command()
@@ -83,7 +89,7 @@ def train(
     checkpoint: Annotated[Path | None, typer.Option(help="checkpoint file: resumed from if present, written every epoch")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N; default cuda when available")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per epoch on stdout instead of the table")] = False,
-    data_dir: DataDir = None,  # type: ignore[assignment]
+    data_dir: DataDir = None,
 ) -> None:
     """Train one run in this process (no Ray, no store): for debugging a config."""
     from rethink.runner.single import run_one
@@ -96,7 +102,7 @@ def train(
         train=TrainSpec(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, lr_decay=lr_decay,
                         optimizer=optimizer, fit_threshold=fit_threshold),
     )
-    outcome = run_one(spec, data_dir, checkpoint=checkpoint, device=device, as_json=as_json)
+    outcome = run_one(spec, data_dir or _default_data_dir(), checkpoint=checkpoint, device=device, as_json=as_json)
     if outcome.status == "failed":
         raise RethinkError(f"run {outcome.run_id} failed at epoch {outcome.epochs_done}: {outcome.error}")
 

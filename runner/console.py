@@ -36,6 +36,7 @@ class EpochTable:
     def __init__(self, title: str, console: Console | None = None, keep: int = 20):
         self.title, self.rows = title, deque(maxlen=keep)
         self.live = Live(self._render(), console=console or Console(stderr=True), auto_refresh=False)
+        self.started = False  # shown from the first row on, so an early error stays one line
 
     def _render(self) -> Table:
         table = Table(title=self.title, title_justify="left")
@@ -47,11 +48,14 @@ class EpochTable:
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
+        if not self.started:
+            self.live.start()
+            self.started = True
         self.live.update(self._render(), refresh=True)
 
     def __enter__(self) -> EpochTable:
-        self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(*exc)
+        if self.started:
+            self.live.stop()

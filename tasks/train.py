@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rethink.errors import SpecError
+from rethink.errors import RethinkError, SpecError
 from rethink.tasks import checkpoint
 from rethink.tasks.batches import augment
 from rethink.tasks.corruption import corrupt, noisy_labels
@@ -117,7 +117,10 @@ def train_pack(
 
 
 def _failed(run_id: str, epoch: int, exc: BaseException) -> RunOutcome:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if isinstance(exc, RethinkError):  # a condition we named: its sentence says it all
+        text = str(exc)
+    else:
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return RunOutcome(run_id, "failed", "error", epoch, error=text)
 
 

@@ -12,7 +12,6 @@ from rich.table import Table
 # (row key, header, format) for the live table; accuracies as percentages are easier to scan.
 EPOCH_TABLE = (
     ("epoch", "epoch", "{:d}"),
-    ("step", "step", "{:d}"),
     ("lr", "lr", "{:.4g}"),
     ("train_loss", "train loss", "{:.4f}"),
     ("train_acc", "train acc", "{:.3f}"),
@@ -35,7 +34,11 @@ class EpochTable:
 
     def __init__(self, title: str, console: Console | None = None, keep: int = 20):
         self.title, self.rows = title, deque(maxlen=keep)
-        self.live = Live(self._render(), console=console or Console(stderr=True), auto_refresh=False)
+        console = console or Console(stderr=True)
+        if not console.is_terminal:  # logs and pipes: room for every column
+            console = Console(stderr=True, width=150)
+        self.console = console
+        self.live = Live(self._render(), console=console, auto_refresh=False)
         self.started = False  # shown from the first row on, so an early error stays one line
 
     def _render(self) -> Table:
@@ -59,3 +62,5 @@ class EpochTable:
     def __exit__(self, *exc: object) -> None:
         if self.started:
             self.live.stop()
+            if not self.console.is_terminal:
+                self.console.line()

@@ -107,6 +107,103 @@ def train(
         raise RethinkError(f"run {outcome.run_id} failed at epoch {outcome.epochs_done}: {outcome.error}")
 
 
+StoreOpt = Annotated[str, typer.Option("--store", help="Store folder or pyarrow filesystem URI.")]
+AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (default $RAY_ADDRESS, else an embedded local one).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")]
+PackOpt = Annotated[int, typer.Option(help="Runs trained together per task (same data and model shape).", min=1)]
+DEFAULT_STORE = "./rethink-store"
+
+
+def _print_summary(name: str, summary) -> None:
+    line = f"{name}: {summary.done} done, {summary.failed} failed, {summary.skipped} already done"
+    typer.echo(line + (" — cancelled; `rethink resume " + name + "` finishes it" if summary.cancelled else ""))
+    for note in summary.notes:
+        typer.echo(f"note: {note}", err=True)
+    for run_id, error in summary.errors.items():
+        typer.echo(f"failed {run_id}: {error}", err=True)
+
+
+@app.command()
+def submit(
+    grid_file: Annotated[Path, typer.Argument(help="Grid YAML file.", metavar="GRID.yaml")],
+    store: StoreOpt = DEFAULT_STORE,
+    data_dir: DataDir = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and exit.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a grid key, e.g. --set train.epochs=5 --set seed=[0,1].")] = None,
+    address: AddressOpt = None,
+    quiet: QuietOpt = False,
+    pack_size: PackOpt = 1,
+) -> None:
+    """Expand a grid into runs and train them on Ray; wait with a progress bar."""
+    from rethink.runner import api, dryrun, grid
+
+    spec = grid.load_grid(grid_file, grid.parse_overrides(set_ or []))
+    if dry_run:
+        from rich.console import Console
+
+        Console().print(dryrun.run_table(spec))
+        return
+    summary = api.submit(spec, store, data_dir or _default_data_dir(), address=address, quiet=quiet, pack_size=pack_size)
+    _print_summary(spec.name, summary)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+@app.command()
+def resume(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    store: StoreOpt = DEFAULT_STORE,
+    data_dir: DataDir = None,
+    address: AddressOpt = None,
+    quiet: QuietOpt = False,
+    pack_size: PackOpt = 1,
+) -> None:
+    """Finish every run of NAME that is not done (failed, interrupted, never started)."""
+    from rethink.runner import api
+
+    summary = api.resume(name, store, data_dir or _default_data_dir(), address=address, quiet=quiet, pack_size=pack_size)
+    _print_summary(name, summary)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+@app.command()
+def cancel(name: Annotated[str, typer.Argument(help="Experiment name.")], store: StoreOpt = DEFAULT_STORE) -> None:
+    """Stop NAME's running tasks; finished epochs and checkpoints stay, and NAME stays resumable."""
+    from rethink.runner import api
+
+    api.cancel(name, store)
+    typer.echo(f"{name}: cancel requested; its driver and workers stop within an epoch. `rethink resume {name}` goes on.")
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="Experiment name (default: all).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Counts of runs per state, and the failed runs with their errors."""
+    from rich.console import Console
+
+    from rethink.runner.report import status_tables
+
+    for table in status_tables(store, name):
+        Console().print(table)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="A read-only SQL query over the views runs and epochs.")],
+    store: StoreOpt = DEFAULT_STORE,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json | parquet")] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write the result to this file instead of stdout.")] = None,
+) -> None:
+    """Ask the store a question in SQL (DuckDB, read-only)."""
+    from rethink.storage.query import run_query
+    from rethink.storage.store import Store
+
+    text = run_query(Store.open(store).root, sql, fmt, str(out) if out else None)
+    if text is not None:
+        typer.echo(text)
+
+
 def main() -> None:
     app()
 

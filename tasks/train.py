@@ -102,13 +102,13 @@ def train_pack(
         for state in list(active):
             try:
                 row = state.run_epoch()
+                on_epoch(state.run_id, row)  # a callback may raise to stop this run alone
+                if on_checkpoint and (state.finished or state.epoch % state.spec.train.checkpoint_every == 0):
+                    on_checkpoint(state.run_id, state.epoch, state.dump())
             except Exception as exc:
                 outcomes[state.run_id] = _failed(state.run_id, state.epoch, exc)
                 active.remove(state)
                 continue
-            on_epoch(state.run_id, row)
-            if on_checkpoint and (state.finished or state.epoch % state.spec.train.checkpoint_every == 0):
-                on_checkpoint(state.run_id, state.epoch, state.dump())
             if state.finished:
                 active.remove(state)
     for state in states:

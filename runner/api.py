@@ -1,0 +1,42 @@
+"""The runner's surface, one function per command: submit a grid, resume or cancel an experiment,
+report where it stands. cli.py calls these and prints what they return."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rethink.runner.grid import Grid, parse_grid, run_row
+from rethink.runner.scheduler import Summary, run_experiment
+from rethink.storage.store import Store
+from rethink.tasks.spec import RunSpec
+
+
+def submit(
+    grid: Grid, store_uri: str, data_dir: Path | str, *, address: str | None = None, quiet: bool = False,
+    pack_size: int = 1,
+) -> Summary:
+    """Freeze the grid into the store and train every run of it that is not done yet."""
+    store = Store.open(store_uri, create=True)
+    store.save_experiment(grid.name, grid.text, [run_row(grid.name, run) for run in grid.runs])
+    store.clear_cancel(grid.name)
+    return run_experiment(store, grid.name, list(grid.runs), grid.resources, data_dir,
+                          address=address, quiet=quiet, pack_size=pack_size)
+
+
+def resume(
+    name: str, store_uri: str, data_dir: Path | str, *, address: str | None = None, quiet: bool = False,
+    pack_size: int = 1,
+) -> Summary:
+    """Finish every run of experiment `name` that is not done, each from its last checkpoint."""
+    store = Store.open(store_uri)
+    grid = parse_grid(store.experiment_grid(name), source=f"{name}/grid.yaml")
+    runs = [RunSpec.from_dict(json.loads(row["config"])) for row in store.experiment_rows(name)]
+    store.clear_cancel(name)
+    return run_experiment(store, name, runs, grid.resources, data_dir, address=address, quiet=quiet,
+                          pack_size=pack_size)
+
+
+def cancel(name: str, store_uri: str) -> None:
+    """Ask the experiment's driver and workers to stop; finished epochs and checkpoints stay."""
+    Store.open(store_uri).request_cancel(name)

@@ -1,0 +1,175 @@
+"""Scheduling an experiment's runs as Ray tasks: packs of compatible runs, one task each, with the
+grid's resources. Ray retries a task whose worker died; a run that raises is `failed` and the
+rest go on; runs another process is training are waited for, never trained twice."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rethink.errors import RethinkError
+from rethink.runner.grid import Resources
+from rethink.runner.progress import Progress
+from rethink.runner.worker import run_pack
+from rethink.storage.store import Store
+from rethink.tasks.spec import RunSpec
+
+WAIT_S = 1.0  # how often the driver looks up from Ray to refresh progress and check for cancel
+BUSY_RECHECK_S = 2.0  # how often runs held by another process are looked at again
+TASK_RETRIES = 3  # Ray retries of a task whose worker process died
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # already done before this call
+    cancelled: bool = False
+    errors: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def packs(runs: Iterable[RunSpec], pack_size: int) -> list[list[RunSpec]]:
+    """Group runs that can share a device and a model shape, `pack_size` at most per pack."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for run in runs:
+        groups.setdefault(run.pack_key, []).append(run)
+    return [group[i : i + pack_size] for group in groups.values() for i in range(0, len(group), pack_size)]
+
+
+def connect_ray(address: str | None, quiet: bool) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS); else start an embedded local one."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs = {"include_dashboard": False} if address == "local" else {}
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=not quiet, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise RethinkError(f"cannot reach the Ray cluster at '{address}': {' '.join(str(exc).split())}") from None
+
+
+def run_experiment(
+    store: Store, name: str, runs: list[RunSpec], resources: Resources, data_dir: Path | str,
+    *, address: str | None = None, quiet: bool = False, pack_size: int = 1,
+) -> Summary:
+    """Train every run of `runs` that is not done, until all are done or failed (or cancelled)."""
+    import ray
+
+    summary = Summary()
+    todo = []
+    for run in runs:
+        status = store.read_status(run.run_id)
+        if status and status.get("status") == "done":
+            summary.skipped += 1
+        else:
+            todo.append(run)
+    if not todo:
+        return summary
+    connect_ray(address, quiet)
+    task = ray.remote(run_pack).options(
+        num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=TASK_RETRIES, retry_exceptions=False
+    )
+    threads = 0 if resources.gpus else max(1, int(resources.cpus))
+    progress = Progress(name, total=len(runs), epochs=sum(r.train.epochs for r in runs), quiet=quiet)
+    todo_ids = {r.run_id for r in todo}
+    progress.advance_done(summary.skipped, sum(r.train.epochs for r in runs if r.run_id not in todo_ids))
+    in_flight: dict = {}  # object ref -> runs of the pack
+
+    def launch(pack: list[RunSpec]) -> None:
+        ref = task.remote(store.uri, name, [r.to_dict() for r in pack], str(data_dir), uuid.uuid4().hex, threads)
+        in_flight[ref] = pack
+
+    busy: list[RunSpec] = []
+    last_busy_check = 0.0
+    try:
+        with progress:
+            for pack in packs(todo, pack_size):
+                launch(pack)
+            while in_flight or busy:
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_S) if in_flight else ([], [])
+                for ref in ready:
+                    pack = in_flight.pop(ref)
+                    for result in _results(ref, pack):
+                        _account(result, pack, summary, progress, busy)
+                if store.cancel_requested(name):
+                    summary.cancelled = True
+                    break
+                if busy and time.monotonic() - last_busy_check > BUSY_RECHECK_S:
+                    last_busy_check = time.monotonic()
+                    busy = _relaunch_free(store, busy, launch, summary, progress)
+                progress.refresh(store, [r for p in in_flight.values() for r in p])
+    except KeyboardInterrupt:
+        summary.cancelled = True
+        _stop(in_flight, store, "interrupted")
+        raise
+    finally:
+        if summary.cancelled:
+            _stop(in_flight, store, "cancelled")
+        ray.shutdown()
+    return summary
+
+
+def _results(ref, pack: list[RunSpec]) -> list[dict]:
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:  # the task itself raised: every run of it failed
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        text = " ".join(f"{type(cause).__name__}: {cause}".split())
+    except ray.exceptions.RayError as exc:  # worker died more often than Ray retries
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+    return [{"run_id": r.run_id, "outcome": "failed", "error": text, "notes": ()} for r in pack]
+
+
+def _account(result: dict, pack: list[RunSpec], summary: Summary, progress: Progress, busy: list[RunSpec]) -> None:
+    run = next(r for r in pack if r.run_id == result["run_id"])
+    summary.notes.extend(f"run {run.run_id}: {note}" for note in result.get("notes") or ())
+    outcome = result["outcome"]
+    if outcome == "done":
+        summary.done += 1
+        progress.finished(run, ok=True)
+    elif outcome == "skipped":
+        summary.skipped += 1
+        progress.finished(run, ok=True)
+    elif outcome == "failed":
+        summary.failed += 1
+        summary.errors[run.run_id] = result.get("error") or "unknown error"
+        progress.finished(run, ok=False, error=summary.errors[run.run_id])
+    elif outcome == "busy":
+        busy.append(run)
+    # "cancelled": the run stays resumable; the loop notices the cancel request itself
+
+
+def _relaunch_free(store: Store, busy: list[RunSpec], launch, summary: Summary, progress: Progress) -> list[RunSpec]:
+    """Runs another process was training: done now → count them; given up → train them here."""
+    still = []
+    for run in busy:
+        status = store.read_status(run.run_id) or {}
+        if status.get("status") == "done":
+            summary.skipped += 1
+            progress.finished(run, ok=True)
+        elif store.claim_holder(run.run_id) is None:
+            launch([run])
+        else:
+            still.append(run)
+    return still
+
+
+def _stop(in_flight: dict, store: Store, reason: str) -> None:
+    """Cancel the tasks still running; their runs stay resumable (pending)."""
+    import ray
+
+    for ref, pack in list(in_flight.items()):
+        ray.cancel(ref, force=True)
+        for run in pack:
+            status = store.read_status(run.run_id) or {}
+            if status.get("status") in (None, "running"):
+                store.write_status(run.run_id, status="pending", stop_reason=reason)
+    in_flight.clear()

@@ -1,0 +1,17 @@
+"""Errors of the storage layer a user can cause, each named by its condition."""
+
+from __future__ import annotations
+
+from rethink.errors import RethinkError
+
+
+class NotAStoreError(RethinkError):
+    """The path given as a store holds no rethink store."""
+
+
+class QueryError(RethinkError):
+    """SQL that DuckDB cannot parse or run, or a query option that makes no sense."""
+
+
+class ReadOnlyError(RethinkError):
+    """SQL that would write, load or reach outside the store: `rethink query` only reads."""

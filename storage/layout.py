@@ -1,0 +1,84 @@
+"""Every path in a store, in one place. A store is a local directory or a pyarrow filesystem URI;
+paths here are relative to its root, Hive-partitioned so DuckDB, pandas and polars read them:
+
+    store.json                                   marks the folder as a rethink store
+    experiments/name=NAME/grid.yaml              the frozen grid file, as resolved at submit
+    experiments/name=NAME/runs.parquet           one row per run of the experiment: its config
+    experiments/name=NAME/cancel.json            present while a cancel is requested
+    runs/run_id=ID/status.parquet                one row: state, attempts, error, timestamps
+    runs/run_id=ID/claims/attempt=NNNN.json      who trains the run; the highest attempt owns it
+    epochs/run_id=ID/epochs.parquet              one row per finished epoch, rewritten whole
+    checkpoints/run_id=ID/epoch=NNNN.ckpt        resumable state every checkpoint_every epochs
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MARKER = "store.json"
+NAME_PATTERN = re.compile(r"^[a-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    name: str
+
+    @property
+    def folder(self) -> str:
+        return f"experiments/name={self.name}"
+
+    @property
+    def grid(self) -> str:
+        return f"{self.folder}/grid.yaml"
+
+    @property
+    def runs(self) -> str:
+        return f"{self.folder}/runs.parquet"
+
+    @property
+    def cancel(self) -> str:
+        return f"{self.folder}/cancel.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_id: str
+
+    @property
+    def status(self) -> str:
+        return f"runs/run_id={self.run_id}/status.parquet"
+
+    @property
+    def claims(self) -> str:
+        return f"runs/run_id={self.run_id}/claims"
+
+    def claim(self, attempt: int) -> str:
+        return f"{self.claims}/attempt={attempt:04d}.json"
+
+    @property
+    def epochs(self) -> str:
+        return f"epochs/run_id={self.run_id}/epochs.parquet"
+
+    @property
+    def checkpoints(self) -> str:
+        return f"checkpoints/run_id={self.run_id}"
+
+    def checkpoint(self, epoch: int) -> str:
+        return f"{self.checkpoints}/epoch={epoch:04d}.ckpt"
+
+
+# Glob patterns the SQL views read (relative to the store root).
+STATUS_GLOB = "runs/*/status.parquet"
+EPOCHS_GLOB = "epochs/*/epochs.parquet"
+EXPERIMENT_RUNS_GLOB = "experiments/*/runs.parquet"
+
+
+def attempt_of(claim_name: str) -> int | None:
+    match = re.fullmatch(r"attempt=(\d+)\.json", claim_name)
+    return int(match.group(1)) if match else None
+
+
+def epoch_of(checkpoint_name: str) -> int | None:
+    match = re.fullmatch(r"epoch=(\d+)\.ckpt", checkpoint_name)
+    return int(match.group(1)) if match else None

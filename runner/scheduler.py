@@ -42,16 +42,20 @@ def packs(runs: Iterable[RunSpec], pack_size: int) -> list[list[RunSpec]]:
     return [group[i : i + pack_size] for group in groups.values() for i in range(0, len(group), pack_size)]
 
 
-def connect_ray(address: str | None, quiet: bool) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS); else start an embedded local one."""
+def connect_ray(address: str | None, quiet: bool) -> bool:
+    """Join the cluster at `address` (or $RAY_ADDRESS); else start an embedded local one.
+    Returns False when this process was already connected (then it is not ours to shut down)."""
     import ray
 
+    if ray.is_initialized():
+        return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs = {"include_dashboard": False} if address == "local" else {}
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=not quiet, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise RethinkError(f"cannot reach the Ray cluster at '{address}': {' '.join(str(exc).split())}") from None
+    return True
 
 
 def run_experiment(
@@ -71,7 +75,8 @@ def run_experiment(
             todo.append(run)
     if not todo:
         return summary
-    connect_ray(address, quiet)
+    owns_ray = connect_ray(address, quiet)
+    _check_feasible(resources, owns_ray)
     task = ray.remote(run_pack).options(
         num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=TASK_RETRIES, retry_exceptions=False
     )
@@ -111,8 +116,24 @@ def run_experiment(
     finally:
         if summary.cancelled:
             _stop(in_flight, store, "cancelled")
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
     return summary
+
+
+def _check_feasible(resources: Resources, owns_ray: bool) -> None:
+    """A task asking for more than the whole cluster has would wait forever: say so instead."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, want in (("GPU", resources.gpus), ("CPU", resources.cpus)):
+        if want > have.get(key, 0):
+            if owns_ray:
+                ray.shutdown()
+            raise RethinkError(
+                f"each task asks for {want:g} {key}s but the Ray cluster has {have.get(key, 0):g}; "
+                f"change the grid's resources (e.g. --set resources.{key.lower()}s=0) or join a bigger cluster"
+            )
 
 
 def _results(ref, pack: list[RunSpec]) -> list[dict]:

@@ -63,7 +63,7 @@ def run_pack(
         results[spec.run_id] = PackResult(spec.run_id, "failed", resumed_from=start, notes=tuple(notes))
         store.write_status(
             spec.run_id, status="running", attempts=attempt, host=socket.gethostname(), pid=os.getpid(),
-            started_at=now(), finished_at=None, error=None, stop_reason=None, epochs_done=start,
+            started_at=now(), finished_at=None, error=None, stop_reason=None, epochs_done=start, resumed_from=start,
         )
 
     def on_epoch(run_id: str, row: dict) -> None:

@@ -44,6 +44,7 @@ STATUS = pa.schema([
     ("status", pa.string()),  # pending | running | done | failed
     ("attempts", pa.int64()),
     ("epochs_done", pa.int64()),
+    ("resumed_from", pa.int64()),  # epoch of the checkpoint the latest attempt started from
     ("stop_reason", pa.string()),  # completed | early_stopped | diverged | error | cancelled
     ("error", pa.string()),
     ("host", pa.string()),

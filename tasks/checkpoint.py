@@ -33,5 +33,5 @@ def loads(blob: bytes) -> dict[str, Any]:
         raise CheckpointError("checkpoint is truncated or not a rethink checkpoint")
     digest, payload = blob[len(MAGIC) : head], blob[head:]
     if hashlib.sha256(payload).digest() != digest:
-        raise CheckpointError("checkpoint is damaged (checksum mismatch)")
+        raise CheckpointError("checkpoint is truncated or damaged (checksum mismatch)")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)

@@ -1,0 +1,215 @@
+"""The SQL face of a store: DuckDB views `epochs` and `runs` over its Parquet files, and the
+guard that keeps `rethink query` read-only. All of rethink's view SQL lives in this module.
+
+Read-only takes two locks, because neither holds alone (COMPONENTS.md, DuckDB 2.0): only reading
+statement types pass `check_read_only`, and the connection may touch no file outside the store
+(`allowed_directories` + `enable_external_access=false`), which alone would still let
+`COPY ... TO '<store>/x'` write into the store."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from rethink.storage import layout, schema
+from rethink.storage.errors import QueryError, ReadOnlyError
+
+READ_TYPES = ("SELECT", "WITH", "DESCRIBE", "SUMMARIZE", "EXPLAIN", "SHOW")
+
+# Keywords that start a statement which writes or loads. A reading statement type can still hide
+# one (a data-modifying CTE `WITH x AS (INSERT ... RETURNING *)`, `COPY (PIVOT ...) TO`, which
+# DuckDB types MULTI, `EXPLAIN ANALYZE COPY ...`, which runs the COPY).
+_WRITE_WORDS = frozenset("""insert update delete merge copy create drop alter attach detach
+    export import install load pragma checkpoint vacuum truncate call set reset""".split())
+
+# EPOCHS rows of each run: the summary `runs` carries (DESIGN.md, "Per-run summary").
+RUNS_SQL = """
+CREATE VIEW runs AS
+WITH config AS NOT MATERIALIZED (            -- experiments/*/runs.parquet: one row per (experiment, run)
+    {config}
+),
+state AS (                  -- runs/*/status.parquet: where each run stands
+    SELECT run_id, any_value(status) AS status, any_value(attempts) AS attempts,
+           any_value(epochs_done) AS epochs_done, any_value(stop_reason) AS stop_reason,
+           any_value(error) AS error, any_value(started_at) AS started_at,
+           any_value(finished_at) AS finished_at
+    FROM ({status}) GROUP BY run_id
+),
+thresholds AS (             -- one fit threshold per run, even when experiments share a run
+    SELECT run_id, coalesce(any_value(fit_threshold), 0.99) AS fit_threshold
+    FROM config GROUP BY run_id
+),
+progress AS (               -- one pass over the epoch rows
+    SELECT e.run_id,
+           max(e.epoch) AS epochs_done,
+           min(e.epoch) FILTER (WHERE e.train_acc >= t.fit_threshold) AS epochs_to_fit,
+           min(e.step) FILTER (WHERE e.train_acc >= t.fit_threshold) AS steps_to_fit,
+           arg_max(e.train_acc, e.epoch) AS final_train_acc,
+           arg_max(e.test_acc, e.epoch) AS final_test_acc,
+           arg_max(coalesce(e.gap, e.train_acc - e.test_acc), e.epoch) AS final_gap,
+           max(e.test_acc) AS best_test_acc
+    FROM epochs e JOIN thresholds t ON e.run_id = t.run_id
+    GROUP BY e.run_id
+)
+SELECT c.run_id, c.experiment, c.* EXCLUDE (run_id, experiment, config),
+       coalesce(s.status, 'pending') AS status,
+       coalesce(s.attempts, 0) AS attempts,
+       coalesce(p.epochs_done, s.epochs_done, 0) AS epochs_done,
+       p.epochs_to_fit, p.steps_to_fit,
+       p.final_train_acc, p.final_test_acc, p.best_test_acc, p.final_gap,
+       s.stop_reason, s.error, s.started_at, s.finished_at, c.config
+FROM config c
+LEFT JOIN state s ON s.run_id = c.run_id
+LEFT JOIN progress p ON p.run_id = c.run_id
+"""
+
+
+def connect(root: str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views `epochs` and `runs` over the store at the
+    local path `root`, locked so that it reads the store's files and nothing else."""
+    root = os.path.abspath(root)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET parquet_metadata_cache = true")
+        con.execute(f"CREATE VIEW epochs AS {_source(root, layout.EPOCHS_GLOB, schema.EPOCHS)}")
+        con.execute(RUNS_SQL.format(config=_source(root, layout.EXPERIMENT_RUNS_GLOB, schema.EXPERIMENT_RUNS),
+                                    status=_source(root, layout.STATUS_GLOB, schema.STATUS)))
+        _lock(con, root)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _lock(con: duckdb.DuckDBPyConnection, root: str) -> None:
+    """Only the store's folder readable from now on, and no setting may be changed back."""
+    # A spilling query writes temporary files under `temp_directory`, '.tmp' in the working
+    # folder by default: keep them out of the store when the user runs from inside it.
+    spill = os.path.join(tempfile.gettempdir(), f"rethink-duckdb-{os.getuid()}")
+    con.execute(f"SET temp_directory = {_literal(spill)}")
+    con.execute(f"SET allowed_directories = [{_literal(root + '/')}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _source(root: str, glob: str, table_schema: pa.Schema) -> str:
+    """SELECT every column of `table_schema` from the files matching `glob` (files lacking a
+    newer column read it as NULL); zero typed rows when no file exists yet."""
+    empty = "SELECT " + ", ".join(
+        f"CAST(NULL AS {_sql_type(field.type)}) AS {_identifier(field.name)}" for field in table_schema
+    ) + " WHERE false"
+    if next(Path(root).glob(glob), None) is None:
+        return empty
+    files = _literal(f"{root}/{glob}")
+    return (f"{empty}\n    UNION ALL BY NAME\n    SELECT * FROM read_parquet({files}, "
+            "union_by_name = true, hive_partitioning = false)")
+
+
+def _sql_type(arrow: pa.DataType) -> str:
+    if pa.types.is_string(arrow) or pa.types.is_large_string(arrow):
+        return "VARCHAR"
+    if pa.types.is_boolean(arrow):
+        return "BOOLEAN"
+    if pa.types.is_integer(arrow):
+        return {8: "TINYINT", 16: "SMALLINT", 32: "INTEGER", 64: "BIGINT"}[arrow.bit_width]
+    if pa.types.is_floating(arrow):
+        return "FLOAT" if arrow.bit_width == 32 else "DOUBLE"
+    if pa.types.is_timestamp(arrow):
+        return "TIMESTAMPTZ" if arrow.tz else "TIMESTAMP"
+    raise TypeError(f"no DuckDB type for {arrow}")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse SQL that is not a read (every statement of it), naming the statement; a syntax
+    error becomes a one-line QueryError. File access outside the store is refused by the lock."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.ParserException as exc:
+        raise QueryError(one_line(exc)) from None
+    except (duckdb.Error, ValueError):  # a statement type the Python API cannot name
+        raise ReadOnlyError(_refusal(_words(sql)[:1] or ["an unknown statement"])) from None
+    if not statements:
+        raise QueryError("no SQL statement given")
+    for statement in statements:
+        _check_statement(statement.type.name, statement.query)
+
+
+def _check_statement(kind: str, text: str) -> None:
+    words = _words(text)
+    if kind == "EXPLAIN":
+        inner = _after_explain(text)
+        try:
+            statements = duckdb.extract_statements(inner)
+        except (duckdb.Error, ValueError):
+            raise ReadOnlyError(_refusal(words[1:2] or ["EXPLAIN"])) from None
+        if len(statements) != 1:
+            raise ReadOnlyError(_refusal(["EXPLAIN"]))
+        return _check_statement(statements[0].type.name, statements[0].query)
+    if kind not in ("SELECT", "MULTI"):  # MULTI: PIVOT, which DuckDB runs as several steps
+        raise ReadOnlyError(_refusal(words[:1] or [kind]))
+    for word in words:
+        if word in _WRITE_WORDS:
+            raise ReadOnlyError(_refusal([word]))
+
+
+def _refusal(words: list[str]) -> str:
+    return f"only reading queries are allowed ({', '.join(READ_TYPES)}); got {words[0].upper()}"
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    """(kind, text) of each token, comments left out: DuckDB's own tokenizer."""
+    raw = duckdb.tokenize(text)
+    ends = [start for start, _ in raw[1:]] + [len(text)]
+    tokens = [(kind.name, text[start:end].strip()) for (start, kind), end in zip(raw, ends)]
+    return [(kind, word) for kind, word in tokens if kind != "comment"]
+
+
+def _words(text: str) -> list[str]:
+    """The keywords of `text`, lower case, in order (identifiers, strings and comments skipped)."""
+    found = []
+    for kind, token in _tokens(text):
+        match = re.match(r"[A-Za-z_]+", token)
+        if kind == "keyword" and match:
+            found.append(match.group(0).lower())
+    return found
+
+
+def _after_explain(text: str) -> str:
+    """The statement an EXPLAIN explains: drop `EXPLAIN`, `ANALYZE` and an `(option, ...)` list."""
+    raw = [(start, kind.name) for start, kind in duckdb.tokenize(text) if kind.name != "comment"]
+    i, depth = 1, 0  # raw[0] is EXPLAIN
+    while i < len(raw):
+        start, _ = raw[i]
+        token = text[start:].lstrip()
+        if depth == 0 and re.match(r"(?i)analy[sz]e\b", token):
+            i += 1
+        elif token.startswith("("):
+            depth += 1
+            i += 1
+        elif token.startswith(")") and depth:
+            depth -= 1
+            i += 1
+        elif depth:
+            i += 1
+        else:
+            return text[start:]
+    return ""
+
+
+def one_line(exc: BaseException) -> str:
+    """DuckDB's message without its `LINE 1:` caret block, squashed to one line."""
+    message = re.split(r"\n\s*LINE \d+:", str(exc), maxsplit=1)[0]
+    return " ".join(message.split())

@@ -50,6 +50,10 @@ def run_pack(
         if attempt is None:
             results[spec.run_id] = PackResult(spec.run_id, "busy")
             continue
+        if (store.read_status(spec.run_id) or {}).get("status") == "done":  # finished while we claimed
+            store.release(spec.run_id, attempt)
+            results[spec.run_id] = PackResult(spec.run_id, "skipped")
+            continue
         claimed.append((spec, attempt))
 
     resume: dict[str, bytes] = {}

@@ -109,6 +109,7 @@ def train(
 
 StoreOpt = Annotated[str, typer.Option("--store", help="Store folder or pyarrow filesystem URI.")]
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (default $RAY_ADDRESS, else an embedded local one).")]
+ClusterOpt = Annotated[str | None, typer.Option(help="Ray Jobs address of a remote cluster, e.g. http://HEAD:8265 (token: $RAY_AUTH_TOKEN).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")]
 PackOpt = Annotated[int, typer.Option(help="Runs trained together per task (same data and model shape).", min=1)]
 DEFAULT_STORE = "./rethink-store"
@@ -131,6 +132,7 @@ def submit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and exit.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a grid key, e.g. --set train.epochs=5 --set seed=[0,1].")] = None,
     address: AddressOpt = None,
+    cluster: ClusterOpt = None,
     quiet: QuietOpt = False,
     pack_size: PackOpt = 1,
 ) -> None:
@@ -141,7 +143,12 @@ def submit(
     if dry_run:
         from rich.console import Console
 
-        Console().print(dryrun.run_table(spec))
+        Console(width=max(120, Console().width)).print(dryrun.run_table(spec))
+        return
+    if cluster:
+        from rethink.runner import cluster as jobs
+
+        typer.echo(jobs.submit_job(cluster, spec, store, str(data_dir) if data_dir else None, pack_size))
         return
     summary = api.submit(spec, store, data_dir or _default_data_dir(), address=address, quiet=quiet, pack_size=pack_size)
     _print_summary(spec.name, summary)

@@ -18,10 +18,14 @@ def submit(
 ) -> Summary:
     """Freeze the grid into the store and train every run of it that is not done yet."""
     store = Store.open(store_uri, create=True)
-    store.save_experiment(grid.name, grid.text, [run_row(grid.name, run) for run in grid.runs])
-    store.clear_cancel(grid.name)
+    store.check_experiment(grid.name, grid.text)  # a name clash is refused before anything runs
+
+    def prepare() -> None:
+        store.save_experiment(grid.name, grid.text, [run_row(grid.name, run) for run in grid.runs])
+        store.clear_cancel(grid.name)
+
     return run_experiment(store, grid.name, list(grid.runs), grid.resources, data_dir,
-                          address=address, quiet=quiet, pack_size=pack_size)
+                          address=address, quiet=quiet, pack_size=pack_size, prepare=prepare)
 
 
 def resume(

@@ -60,9 +60,11 @@ def connect_ray(address: str | None, quiet: bool) -> bool:
 
 def run_experiment(
     store: Store, name: str, runs: list[RunSpec], resources: Resources, data_dir: Path | str,
-    *, address: str | None = None, quiet: bool = False, pack_size: int = 1,
+    *, address: str | None = None, quiet: bool = False, pack_size: int = 1, prepare=None,
 ) -> Summary:
-    """Train every run of `runs` that is not done, until all are done or failed (or cancelled)."""
+    """Train every run of `runs` that is not done, until all are done or failed (or cancelled).
+    `prepare` runs once the cluster is known to fit the tasks, before anything is scheduled: a
+    refused grid leaves the store untouched."""
     import ray
 
     summary = Summary()
@@ -74,9 +76,13 @@ def run_experiment(
         else:
             todo.append(run)
     if not todo:
+        if prepare:
+            prepare()
         return summary
     owns_ray = connect_ray(address, quiet)
     _check_feasible(resources, owns_ray)
+    if prepare:
+        prepare()
     task = ray.remote(run_pack).options(
         num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=TASK_RETRIES, retry_exceptions=False
     )

@@ -122,21 +122,27 @@ class Store:
 
     # -- experiments ----------------------------------------------------------------------------
 
-    def save_experiment(self, name: str, grid_text: str, rows: list[dict]) -> None:
-        """Freeze an experiment's grid and run list; the same grid again is a no-op, a different
-        grid under the same name is refused."""
+    def check_experiment(self, name: str, grid_text: str) -> bool:
+        """True when the experiment is already saved with this grid; refuses another grid."""
         if not NAME_PATTERN.match(name):
             raise StoreError(f"experiment name '{name}' must match [a-z0-9_-]+")
         paths = ExperimentPaths(name)
         old = self.read(paths.grid)
-        if old is not None:
-            if old.decode() != grid_text:
-                raise StoreError(
-                    f"experiment '{name}' already exists in this store with a different grid; "
-                    f"rename it, or `rethink resume {name}` to finish the existing one"
-                )
-            if self.exists(paths.runs):
-                return
+        if old is None:
+            return False
+        if old.decode() != grid_text:
+            raise StoreError(
+                f"experiment '{name}' already exists in this store with a different grid; "
+                f"rename it, or `rethink resume {name}` to finish the existing one"
+            )
+        return self.exists(paths.runs)
+
+    def save_experiment(self, name: str, grid_text: str, rows: list[dict]) -> None:
+        """Freeze an experiment's grid and run list; the same grid again is a no-op, a different
+        grid under the same name is refused."""
+        paths = ExperimentPaths(name)
+        if self.check_experiment(name, grid_text):
+            return
         self.write_table(paths.runs, rows, schema.EXPERIMENT_RUNS)
         self.write(paths.grid, grid_text.encode())
 

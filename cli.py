@@ -185,14 +185,31 @@ def cancel(name: Annotated[str, typer.Argument(help="Experiment name.")], store:
 def status(
     name: Annotated[str | None, typer.Argument(help="Experiment name (default: all).")] = None,
     store: StoreOpt = DEFAULT_STORE,
+    cluster: ClusterOpt = None,
 ) -> None:
-    """Counts of runs per state, and the failed runs with their errors."""
+    """Counts of runs per state, and the failed runs with their errors (--cluster: the Ray Jobs)."""
     from rich.console import Console
 
-    from rethink.runner.report import status_tables
+    if cluster:
+        from rethink.runner.cluster import job_table
+
+        Console().print(job_table(cluster, name))
+        return
+    from rethink.runner.status import status_tables
 
     for table in status_tables(store, name):
         Console().print(table)
+
+
+@app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    cluster: Annotated[str, typer.Option(help="Ray Jobs address of the cluster, e.g. http://HEAD:8265.")],
+) -> None:
+    """The driver log of NAME's newest job on a remote cluster (`submit --cluster`)."""
+    from rethink.runner.cluster import job_logs
+
+    typer.echo(job_logs(cluster, name), nl=False)
 
 
 @app.command()

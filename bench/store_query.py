@@ -31,9 +31,11 @@ ORDER BY corruption, level
 """
 
 
-def _columns(frame: dict, names: list[str], target: pa.Schema) -> pa.Table:
-    return pa.table({name: pa.array(frame[name], type=target.field(name).type) for name in names},
-                    schema=pa.schema([target.field(name) for name in names]))
+def _table(columns: dict, target: pa.Schema) -> pa.Table:
+    """Every column of `target`, as the store's writers do: the ones not given are null."""
+    rows = len(next(iter(columns.values())))
+    return pa.table({field.name: pa.array(columns[field.name], type=field.type) if field.name in columns
+                     else pa.nulls(rows, type=field.type) for field in target}, schema=target)
 
 
 def build(root: Path, runs: int, epochs: int, seed: int = 0) -> None:
@@ -67,7 +69,7 @@ def build(root: Path, runs: int, epochs: int, seed: int = 0) -> None:
                  "train_acc_true": rng.random(epochs), "test_loss": rng.random(epochs), "test_acc": test_acc,
                  "gap": train_acc - test_acc, "wall_s": rng.random(epochs), "examples_per_s": rng.random(epochs)}
         (root / paths.epochs).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_columns(frame, list(frame), schema.EPOCHS), root / paths.epochs)
+        pq.write_table(_table(frame, schema.EPOCHS), root / paths.epochs)
 
 
 def main() -> None:

@@ -223,7 +223,10 @@ def query(
     from rethink.storage.query import run_query
     from rethink.storage.store import Store
 
-    text = run_query(Store.open(store).root, sql, fmt, str(out) if out else None)
+    opened = Store.open(store)
+    if not opened.local:
+        raise RethinkError(f"query reads local stores only; copy '{store}' to a folder first (e.g. aws s3 sync)")
+    text = run_query(opened.root, sql, fmt, str(out) if out else None)
     if text is not None:
         typer.echo(text)
 

@@ -174,9 +174,7 @@ def check_read_only(sql: str) -> None:
     error becomes a one-line QueryError. File access outside the store is refused by the lock."""
     try:
         statements = duckdb.extract_statements(sql)
-    except duckdb.ParserException as exc:
-        raise QueryError(one_line(exc)) from None
-    except duckdb.Error as exc:
+    except duckdb.Error as exc:  # ParserException: the SQL does not parse
         raise QueryError(one_line(exc)) from None
     if not statements:
         raise QueryError("no SQL statement given")

@@ -85,15 +85,19 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         build(root, args.runs, args.epochs)
         print(f"wrote {args.runs} runs x {args.epochs} epochs to {root} in {time.perf_counter() - t0:.1f} s")
+    totals = []
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         con = connect(str(root))
         t1 = time.perf_counter()
         rows = con.execute(SUMMARY).fetchall()
         t2 = time.perf_counter()
         con.close()
-        print(f"connect {t1 - t0:.2f} s, summary {t2 - t1:.2f} s, total {t2 - t0:.2f} s ({len(rows)} groups)")
-    print(f"threads: {os.cpu_count()} cores")
+        totals.append(t2 - t0)
+        print(f"connect {t1 - t0:.2f} s + summary {t2 - t1:.2f} s = {t2 - t0:.2f} s "
+              f"(CPU {time.process_time() - c0:.2f} s, {len(rows)} groups)")
+    print(f"best {min(totals):.2f} s, median {sorted(totals)[len(totals) // 2]:.2f} s on {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.1f} (other work on the machine slows this down)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from rethink.tasks.spec import RunSpec
 WAIT_S = 1.0  # how often the driver looks up from Ray to refresh progress and check for cancel
 BUSY_RECHECK_S = 2.0  # how often runs held by another process are looked at again
 TASK_RETRIES = 3  # Ray retries of a task whose worker process died
+CANCEL_GRACE_S = 60.0  # how long cancelled workers get to stop at an epoch boundary
 
 
 @dataclass
@@ -110,6 +111,8 @@ def run_experiment(
                         _account(result, pack, summary, progress, busy)
                 if store.cancel_requested(name):
                     summary.cancelled = True
+                    _wind_down(in_flight, pack_results=lambda ref, pack: [
+                        _account(r, pack, summary, progress, busy) for r in _results(ref, pack)])
                     break
                 if busy and time.monotonic() - last_busy_check > BUSY_RECHECK_S:
                     last_busy_check = time.monotonic()
@@ -117,14 +120,19 @@ def run_experiment(
                 progress.refresh(store, [r for p in in_flight.values() for r in p])
     except KeyboardInterrupt:
         summary.cancelled = True
-        _stop(in_flight, store, "interrupted")
-        raise
+        raise Interrupted(f"interrupted; the grid is resumable: `rethink resume {name}`") from None
     finally:
-        if summary.cancelled:
-            _stop(in_flight, store, "cancelled")
+        if in_flight:
+            _stop(in_flight, store, "cancelled" if store.cancel_requested(name) else "interrupted")
         if owns_ray:
             ray.shutdown()
     return summary
+
+
+class Interrupted(RethinkError):
+    """Ctrl-C: the tasks were stopped and the grid left resumable."""
+
+    exit_code = 130
 
 
 def _check_feasible(resources: Resources, owns_ray: bool) -> None:
@@ -189,12 +197,26 @@ def _relaunch_free(store: Store, busy: list[RunSpec], launch, summary: Summary, 
     return still
 
 
-def _stop(in_flight: dict, store: Store, reason: str) -> None:
-    """Cancel the tasks still running; their runs stay resumable (pending)."""
+def _wind_down(in_flight: dict, pack_results) -> None:
+    """After a cancel request the workers stop by themselves at their next epoch (they read the
+    same flag) and mark their runs pending; wait for them to report, up to CANCEL_GRACE_S."""
     import ray
 
-    for ref, pack in list(in_flight.items()):
+    ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=CANCEL_GRACE_S)
+    for ref in ready:
+        pack_results(ref, in_flight.pop(ref))
+
+
+def _stop(in_flight: dict, store: Store, reason: str) -> None:
+    """Kill the tasks still running, wait until they are gone, then leave their runs pending
+    (resumable). Waiting first matters: a dying worker could otherwise write `running` last."""
+    import ray
+
+    refs = list(in_flight)
+    for ref in refs:
         ray.cancel(ref, force=True)
+    ray.wait(refs, num_returns=len(refs), timeout=30)
+    for pack in in_flight.values():
         for run in pack:
             status = store.read_status(run.run_id) or {}
             if status.get("status") in (None, "running"):

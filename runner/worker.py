@@ -38,6 +38,8 @@ def run_pack(
 
         torch.set_num_threads(threads)  # a task owns its CPUs: oversubscribed OpenMP crawls
     store = Store.open(store_uri)
+    if store.cancel_requested(experiment):  # queued before a cancel: don't even start
+        return [asdict(PackResult(RunSpec.from_dict(c).run_id, "cancelled")) for c in configs]
     results: dict[str, PackResult] = {}
     claimed: list[tuple[RunSpec, int]] = []
     for config in configs:

@@ -126,7 +126,7 @@ def format_csv(table: pa.Table) -> str:
 def format_json(table: pa.Table) -> str:
     """A JSON array with one object per row; NaN and infinities become null (strict JSON)."""
     rows = [{k: _json_value(v) for k, v in row.items()} for row in table.to_pylist()]
-    return json.dumps(rows, indent=1, ensure_ascii=False)
+    return json.dumps(rows, indent=2, ensure_ascii=False)
 
 
 def _cell(value: Any) -> str:

@@ -141,6 +141,8 @@ def _lock(con: duckdb.DuckDBPyConnection, root: str) -> None:
     # A query that spills writes temporary files under `temp_directory`, '.tmp' in the working
     # folder by default: keep them out of the store when the user runs from inside it.
     spill = os.path.join(tempfile.gettempdir(), f"rethink-duckdb-{os.getuid()}")
+    if os.path.commonpath([spill, root]) == root:
+        spill = ""  # the temp folder is inside the store: no spilling at all
     con.execute(f"SET temp_directory = {_literal(spill)}")
     con.execute(f"SET allowed_directories = [{_literal(root + '/')}]")
     con.execute("SET enable_external_access = false")
@@ -156,13 +158,16 @@ def _source(root: str, glob: str, table_schema: pa.Schema, union_by_name: bool |
     first = _first_file(root, glob)
     if first is None:
         return empty
-    complete = set(table_schema.names) <= set(pq.read_schema(first).names)
+    try:
+        complete = set(table_schema.names) <= set(pq.read_schema(first).names)
+    except (pa.ArrowException, OSError):  # not Parquet: DuckDB names the file when queried
+        complete = False
     if union_by_name is None:
         union_by_name = not complete
     read = (f"SELECT * FROM read_parquet({_literal(f'{root}/{glob}')}, "
             f"union_by_name = {str(union_by_name).lower()}, hive_partitioning = false)")
     # The first file names and types the columns; where it lacks some, the empty typed rows
-    # add them (as NULL). Not otherwise: the union costs a tenth of a 10,000-file scan.
+    # add them, as NULL. Otherwise the scan stays plain.
     return read if complete else f"{empty}\n    UNION ALL BY NAME\n    {read}"
 
 

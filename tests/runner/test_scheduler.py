@@ -116,7 +116,7 @@ def test_damaged_checkpoint_and_rows_are_detected_and_the_run_redone(tmp_path):
 
 
 def test_cancel_stops_the_grid_and_resume_finishes_it(ray_local, tmp_path):
-    grid = parse_grid(SLOW_GRID.format(name="cancel-me", epochs=15))
+    grid = parse_grid(SLOW_GRID.format(name="cancel-me", epochs=8))
     store = Store.open(tmp_path, create=True)
     result = {}
     thread = threading.Thread(target=lambda: result.update(s=api.submit(grid, str(tmp_path), "unused", quiet=True)))
@@ -133,4 +133,4 @@ def test_cancel_stops_the_grid_and_resume_finishes_it(ray_local, tmp_path):
     assert states.get("done", 0) < len(grid.runs) and "running" not in states
     summary = api.resume("cancel-me", str(tmp_path), "unused", quiet=True)
     assert summary.failed == 0 and summary.done + summary.skipped == len(grid.runs)
-    assert sql(tmp_path, "select count(*), count(distinct (run_id, epoch)) from epochs") == [(60, 60)]
+    assert sql(tmp_path, "select count(*), count(distinct (run_id, epoch)) from epochs") == [(32, 32)]

@@ -72,7 +72,7 @@ def build_store(root: Path, runs: list[dict] | None = None, epochs: dict[str, li
     epochs = {rid: epoch_rows(rid, *curve) for rid, curve in CURVES.items()} if epochs is None else epochs
     statuses = STATUSES if statuses is None else statuses
     root.mkdir(parents=True, exist_ok=True)
-    (root / layout.MARKER).write_text(json.dumps({"format": 1}))
+    (root / layout.MARKER).write_text(json.dumps({"rethink_store": 1}))
     for name in sorted({run["experiment"] for run in runs}):
         rows = [{**CONFIG_DEFAULTS, **run} for run in runs if run["experiment"] == name]
         write_table(root, layout.ExperimentPaths(name).runs, schema.table(rows, schema.EXPERIMENT_RUNS))

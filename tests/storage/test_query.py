@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from rethink.errors import RethinkError
+from rethink.storage import layout, schema
 from rethink.storage.errors import NotAStoreError, QueryError, ReadOnlyError
 from rethink.storage.query import run_query
 
@@ -169,10 +171,6 @@ def test_good_queries_change_nothing(store: Path) -> None:
 
 
 def test_an_old_file_read_after_newer_ones_gets_a_retry_that_reads_every_schema(make_store, tmp_path: Path) -> None:
-    import pyarrow as pa
-
-    from rethink.storage import layout, schema
-
     root = make_store(tmp_path / "store", runs=[{"experiment": "e", "run_id": "r1"}, {"experiment": "e", "run_id": "z9"}],
                       epochs={"r1": epoch_rows("r1", *CURVES["r1"])}, statuses={})
     old = pa.schema([f for f in schema.EPOCHS if f.name != "param_norm"])

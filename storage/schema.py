@@ -72,10 +72,12 @@ EPOCHS = pa.schema([
     ("val_acc", pa.float64()),
     ("wall_s", pa.float64()),
     ("examples_per_s", pa.float64()),
-    ("act_sparsity", pa.float64()),
+    ("act_sparsity", pa.float64()),  # fraction of ReLU outputs at zero, all hidden layers
+    ("act_sparsity_layers", pa.string()),  # JSON list: the same per hidden layer, input to output
     ("jacobian_norm", pa.float64()),
     ("grad_sqnorm", pa.float64()),
     ("functional_dim", pa.float64()),
+    ("functional_dim_tol", pa.float64()),  # singular values above this count toward the rank
     ("param_norm", pa.float64()),
 ])
 

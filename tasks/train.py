@@ -26,6 +26,7 @@ from rethink.tasks.corruption import corrupt, noisy_labels
 from rethink.tasks.data import Dataset, load_dataset, stratified_indices
 from rethink.tasks.evaluate import Normalizer, measure, measure_train
 from rethink.tasks.models import build_model
+from rethink.tasks.probes import PROBE_COLUMNS, PROBE_SIZE, measure_probes
 from rethink.tasks.spec import RunSpec
 
 # The columns of one epoch row, in order (DESIGN.md's `epochs` view, plus the held-out split).
@@ -33,7 +34,7 @@ EPOCH_COLUMNS = (
     "run_id", "epoch", "step", "lr", "train_loss", "train_acc", "train_acc_corrupted",
     "train_acc_clean", "train_acc_true", "test_loss", "test_acc", "gap", "val_loss", "val_acc",
     "wall_s", "examples_per_s",
-)
+) + PROBE_COLUMNS
 TIMING_COLUMNS = ("wall_s", "examples_per_s")  # the only columns that differ between reruns
 
 OnEpoch = Callable[[str, dict], None]  # (run_id, row)
@@ -81,8 +82,6 @@ def train_pack(
     keys = {run.pack_key for run in runs}
     if len(keys) > 1:
         raise SpecError("a pack's runs must share dataset, model shape, batch size and epochs")
-    if any(run.train.probe_every for run in runs):
-        raise SpecError("probes (train.probe_every) are not available yet; set probe_every: 0")
     device = torch.device(device) if device is not None else default_device()
     dataset = dataset or load_dataset(runs[0].data, data_dir)
     resume = resume or {}
@@ -153,6 +152,10 @@ class RunState:
             self.val_images = self.val_labels = None
         self.images, self.labels, self.true_labels, self.corrupted = images, labels, true_labels, corrupted
         self.test_images, self.test_labels = put(data.test.images), put(data.test.labels)
+        if spec.train.probe_every:  # a fixed seeded probe batch from the training set, its labels as trained
+            pick = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(derive_seed(seed, "probe")))
+            pick = pick[:PROBE_SIZE].to(device)
+            self.probe_images, self.probe_labels = self.images[pick], self.labels[pick]
         self.num_classes = dataset.num_classes
         self.normalize = Normalizer(
             torch.tensor(dataset.mean, device=device), torch.tensor(dataset.std, device=device), spec.data.whiten
@@ -225,11 +228,13 @@ class RunState:
             row |= measure(self.model, self.val_images, self.val_labels, self.normalize, "val")
         else:
             row |= {"val_loss": None, "val_acc": None}
+        if t.probe_every and self.epoch % t.probe_every == 0:
+            row |= measure_probes(self.model, self.normalize(self.probe_images), self.probe_labels)
         self._sync()
         row["wall_s"] = time.perf_counter() - start
         row["examples_per_s"] = len(self.labels) / train_s if train_s > 0 else None
         self._update_progress(row)
-        return {column: row[column] for column in EPOCH_COLUMNS}
+        return {column: row.get(column) for column in EPOCH_COLUMNS}
 
     def _train_one_epoch(self, batch_size: int, augmented: bool, label_smoothing: float) -> None:
         self.model.train()

@@ -41,7 +41,7 @@ def _table(columns: dict, target: pa.Schema) -> pa.Table:
 def build(root: Path, runs: int, epochs: int, seed: int = 0) -> None:
     """Write `runs` runs of `epochs` epochs each, split over two experiments."""
     rng = np.random.default_rng(seed)
-    (root / layout.MARKER).write_text(json.dumps({"format": 1}))
+    (root / layout.MARKER).write_text(json.dumps({"rethink_store": 1}))
     ids = [f"{i:016x}" for i in range(runs)]
     corruption = np.where(np.arange(runs) % 2 == 0, "labels", "random_pixels")
     level = np.round(np.arange(runs) % 11 / 10, 1)

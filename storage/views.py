@@ -32,8 +32,8 @@ DEFAULT_FIT_THRESHOLD = 0.99  # DESIGN.md: epochs to fit = first epoch with trai
 
 # One row per (experiment, run): its config, its epoch rows folded into the per-run summary of
 # DESIGN.md, then where it stands. Speed at 10,000 runs (one epochs file and one status file
-# each) shapes it: the epoch rows are read once and grouped by run with no join (a join per
-# epoch row costs more than the grouping), so epochs to fit are counted for each fit threshold
+# each) shapes it: the epoch rows are read once and grouped by run with no join (a join on
+# every epoch row measured slower), so epochs to fit are counted for each fit threshold
 # the store uses ({fit_columns}, made by `_fit_sql`) and each run then picks its own; and the
 # status join sits alone on top of a grouping, so that an aggregate over `runs` that reads no
 # status column (the per-level summary) skips the status files altogether.
@@ -97,7 +97,10 @@ def connect(root: str, union_by_name: bool | None = None) -> duckdb.DuckDBPyConn
     runs that costs seconds per query (every footer at bind, and again while optimizing). False:
     the first file's schema stands for all, and a query reading a column that some file lacks
     fails loudly (`is_schema_mismatch`). None (default): False when the first file already has
-    every column of the current schema, else True."""
+    every column of the current schema, else True.
+
+    The views fit the store as it was when connected (which tables have files yet, the fit
+    thresholds its experiments use): connect again to see experiments submitted since."""
     root = os.path.abspath(root)
     con = duckdb.connect(":memory:")
     try:

@@ -231,6 +231,26 @@ def query(
         typer.echo(text)
 
 
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    store: StoreOpt = DEFAULT_STORE,
+    out: Annotated[Path | None, typer.Option(help="Folder for the PNGs and report.html (default ./report/NAME).", show_default=False)] = None,
+) -> None:
+    """Summary tables, PNG plots (Zhang et al. Fig. 1) and one self-contained HTML page for NAME."""
+    from rich.console import Console
+
+    from rethink.runner.report import build_report
+
+    result = build_report(store, name, str(out or Path("report") / name))
+    typer.echo(result.header)
+    for table in result.tables:
+        Console().print(table)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"wrote {result.html} ({len(result.pngs)} figures beside it)")
+
+
 def main() -> None:
     app()
 

@@ -4,11 +4,12 @@
     python bench/store_query.py [--runs 10000] [--epochs 100] [--dir DIR] [--repeat 3]
 
 The store is written once into DIR (default: a folder under the system temp dir named by the
-sizes) and reused by later calls; the goal is < 2 s for 10,000 runs x 100 epochs."""
+sizes and schemas) and reused by later calls; the goal is < 2 s for 10,000 runs x 100 epochs."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -79,7 +80,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="store folder (made if absent)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    root = args.dir or Path(tempfile.gettempdir()) / f"rethink-bench-{args.runs}x{args.epochs}"
+    # Named by the schemas too: a store written before a column was added is rebuilt.
+    version = hashlib.sha1(str([schema.EPOCHS, schema.STATUS, schema.EXPERIMENT_RUNS]).encode()).hexdigest()[:8]
+    root = args.dir or Path(tempfile.gettempdir()) / f"rethink-bench-{args.runs}x{args.epochs}-{version}"
     if not (root / layout.MARKER).exists():
         t0 = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)

@@ -73,8 +73,9 @@ def _fetch(store: Path, sql: str) -> pa.Table:
     """Execute on a locked connection; a file with an older schema gets one retry that reads
     every file's schema (views.connect, `union_by_name`)."""
     for union_by_name in (None, True):
-        con = connect(str(store), union_by_name=union_by_name)
+        con = None
         try:
+            con = connect(str(store), union_by_name=union_by_name)
             relation = con.sql(sql)
             if relation is None:  # every statement passed check_read_only, so this is odd
                 raise QueryError("the query returned no result")
@@ -86,7 +87,8 @@ def _fetch(store: Path, sql: str) -> pa.Table:
                 continue
             raise QueryError(one_line(exc)) from None
         finally:
-            con.close()
+            if con is not None:
+                con.close()
     raise AssertionError("unreachable")
 
 

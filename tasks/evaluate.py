@@ -28,12 +28,14 @@ class Normalizer:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: torch.Tensor, normalize: Normalizer) -> torch.Tensor:
-    """Logits for every image, in eval mode, in batches of EVAL_BATCH."""
+    """Logits for every image, in eval mode, in batches of EVAL_BATCH; float32, or float64 for a
+    float64 model (the equivalence tests compare metrics at that precision)."""
     was_training = model.training
     model.eval()
     logits = [model(normalize(images[i : i + EVAL_BATCH])) for i in range(0, len(images), EVAL_BATCH)]
     model.train(was_training)
-    return torch.cat(logits).float()
+    out = torch.cat(logits)
+    return out if out.dtype == torch.float64 else out.float()
 
 
 def _accuracy(hits: torch.Tensor, mask: torch.Tensor | None = None) -> float | None:

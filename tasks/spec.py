@@ -14,7 +14,7 @@ from typing import Any
 from rethink.errors import SpecError
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
-MODELS = ("mlp1x512", "mlp3x512", "alexnet_small", "inception_small", "resnet18")
+MODELS = ("mlp1x512", "mlp3x512", "alexnet_small", "inception_small", "resnet18", "ioc_mlp")
 LABEL_KINDS = ("labels", "label_noise")  # take a level p in [0, 1]
 IMAGE_KINDS = ("shuffled_pixels", "random_pixels", "gaussian")  # whole training set, no level
 CORRUPTIONS = ("none",) + LABEL_KINDS + IMAGE_KINDS

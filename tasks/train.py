@@ -2,8 +2,9 @@
 trained on one device. Each epoch emits one metrics row per run through `on_epoch`, and every
 `checkpoint_every` epochs a checkpoint through `on_checkpoint`; the loop writes no files.
 
-Today a pack trains its runs side by side, one model each, epoch by epoch; training a pack as
-one stacked model changes what happens inside `train_pack`, not its signature."""
+Runs train side by side, one model each, epoch by epoch; where stacking is on (CUDA by default),
+the stackable runs of a pack train each epoch as one stacked model (tasks/stacked.py) and every
+run keeps its own model, optimizer state, measurement and checkpoints."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from rethink.tasks.evaluate import Normalizer, measure, measure_train
 from rethink.tasks.models import build_model
 from rethink.tasks.probes import PROBE_COLUMNS, PROBE_SIZE, measure_probes
 from rethink.tasks.spec import RunSpec
+from rethink.tasks.stacked import Stacker, StackOptions, resolve_stacking
 
 # The columns of one epoch row, in order (DESIGN.md's `epochs` view, plus the held-out split).
 EPOCH_COLUMNS = (
@@ -74,9 +76,13 @@ def train_pack(
     resume: dict[str, bytes] | None = None,
     device: torch.device | str | None = None,
     dataset: Dataset | None = None,
+    stack: bool | StackOptions | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> list[RunOutcome]:
     """Train every run of the pack to its end; a run that fails or stops early drops out and the
-    others go on. `resume` maps run ids to checkpoint bytes to start from."""
+    others go on. `resume` maps run ids to checkpoint bytes to start from. `stack`: train the
+    stackable runs as one stacked model (tasks/stacked.py); None = on CUDA or $RETHINK_STACK.
+    `dtype`: of models and inputs (float64 for the equivalence tests)."""
     if not runs:
         return []
     keys = {run.pack_key for run in runs}
@@ -90,17 +96,20 @@ def train_pack(
     outcomes: dict[str, RunOutcome] = {}
     for spec in runs:
         try:
-            state = RunState(spec, dataset, device, on_device)
+            state = RunState(spec, dataset, device, on_device, dtype)
             if spec.run_id in resume:
                 state.load(resume[spec.run_id])
             states.append(state)
         except Exception as exc:  # one bad run must not sink the pack
             outcomes[spec.run_id] = _failed(spec.run_id, 0, exc)
     active = [s for s in states if not s.finished]
+    options = resolve_stacking(stack, device)
+    stacker = Stacker(options) if options is not None else None
     while active:
+        trained = stacker.train_epoch(active) if stacker else {}  # {run_id: seconds} trained stacked
         for state in list(active):
             try:
-                row = state.run_epoch()
+                row = state.run_epoch(trained.get(state.run_id))
                 on_epoch(state.run_id, row)  # a callback may raise to stop this run alone
                 if on_checkpoint and (state.finished or state.epoch % state.spec.train.checkpoint_every == 0):
                     on_checkpoint(state.run_id, state.epoch, state.dump())
@@ -128,7 +137,8 @@ class RunState:
     its progress. Global torch RNG (dropout) is swapped in and out around each epoch so runs of
     one pack never share a stream."""
 
-    def __init__(self, spec: RunSpec, dataset: Dataset, device: torch.device, on_device: dict[int, torch.Tensor]):
+    def __init__(self, spec: RunSpec, dataset: Dataset, device: torch.device, on_device: dict[int, torch.Tensor],
+                 dtype: torch.dtype = torch.float32):
         self.spec, self.device, self.run_id = spec, device, spec.run_id
         reg, seed = spec.regularizer, spec.seed
         data = corrupt(dataset, spec.corruption, seed)
@@ -158,7 +168,7 @@ class RunState:
             self.probe_images, self.probe_labels = self.images[pick], self.labels[pick]
         self.num_classes = dataset.num_classes
         self.normalize = Normalizer(
-            torch.tensor(dataset.mean, device=device), torch.tensor(dataset.std, device=device), spec.data.whiten
+            torch.tensor(dataset.mean, device=device), torch.tensor(dataset.std, device=device), spec.data.whiten, dtype
         )
 
         torch.manual_seed(derive_seed(seed, "init"))
@@ -166,7 +176,7 @@ class RunState:
         self.model = build_model(
             spec.model, in_shape=in_shape, num_classes=self.num_classes, width=spec.width,
             init_scale=spec.init_scale, dropout=reg.dropout, batch_norm=reg.batch_norm,
-        ).to(device)
+        ).to(device=device, dtype=dtype)
         t = spec.train
         if t.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -208,16 +218,22 @@ class RunState:
                 self.cuda_rng = torch.cuda.get_rng_state(self.device)
                 torch.cuda.set_rng_state(outer_cuda, self.device)
 
-    def run_epoch(self) -> dict:
-        """Train one epoch, measure, decide whether to stop; return the epoch's row."""
+    def epoch_lr(self) -> float:
+        """The learning rate of the epoch about to be trained."""
+        return self.spec.train.lr * self.spec.train.lr_decay ** self.epoch
+
+    def run_epoch(self, trained_s: float | None = None) -> dict:
+        """Train one epoch, measure, decide whether to stop; return the epoch's row. `trained_s`:
+        the epoch was already trained, in that many seconds, by a stacked pack (tasks/stacked.py)."""
         spec, t, reg = self.spec, self.spec.train, self.spec.regularizer
-        lr = t.lr * t.lr_decay ** self.epoch
+        lr = self.epoch_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        start = time.perf_counter()
-        with self._own_rng():
-            self._train_one_epoch(t.batch_size, reg.augment, reg.label_smoothing)
-        self._sync()
+        start = time.perf_counter() - (trained_s or 0.0)
+        if trained_s is None:
+            with self._own_rng():
+                self._train_one_epoch(t.batch_size, reg.augment, reg.label_smoothing)
+            self._sync()
         train_s = time.perf_counter() - start
         self.epoch += 1
         row: dict = {"run_id": self.run_id, "epoch": self.epoch, "step": self.step, "lr": lr}

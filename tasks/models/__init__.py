@@ -10,6 +10,8 @@ from torch import nn
 from rethink.errors import SpecError
 from rethink.tasks.models.alexnet import AlexNetSmall
 from rethink.tasks.models.inception import InceptionSmall
+from rethink.tasks.models.ioc import DEPTH as IOC_DEPTH
+from rethink.tasks.models.ioc import IOCMLP
 from rethink.tasks.models.mlp import MLP
 from rethink.tasks.models.resnet import ResNet18
 from rethink.tasks.spec import MODELS
@@ -23,6 +25,7 @@ DEFAULT_BATCH_NORM: dict[str, bool] = {
     "alexnet_small": False,
     "inception_small": True,
     "resnet18": True,
+    "ioc_mlp": False,
 }
 
 
@@ -38,7 +41,9 @@ def build_model(
 ) -> nn.Module:
     """A freshly initialized model; `width` multiplies hidden units and channels, `init_scale`
     every Linear/Conv weight after PyTorch's default init (Mehta et al.), `dropout` is the drop
-    probability on hidden fully connected layers (before the classifier for inception/resnet)."""
+    probability on hidden fully connected layers (before the classifier for inception/resnet and
+    ioc_mlp). For ioc_mlp, init_scale multiplies the first layer's weight and the initial positive
+    weights of the others (see models/ioc.py)."""
     if name not in DEFAULT_BATCH_NORM:
         raise SpecError(f"unknown model '{name}'; valid: {', '.join(MODELS)}")
     bn = DEFAULT_BATCH_NORM[name] if batch_norm is None else batch_norm
@@ -56,6 +61,9 @@ def build_model(
             in_shape, num_classes, channels=scaled(64), hidden=(scaled(384), scaled(192)),
             dropout=dropout, batch_norm=bn,
         )
+    elif name == "ioc_mlp":
+        model = IOCMLP(c * h * w, (scaled(512),) * IOC_DEPTH, num_classes, init_scale=init_scale,
+                       dropout=dropout, batch_norm=bn)
     elif name == "inception_small":
         model = InceptionSmall(c, num_classes, width=width, dropout=dropout, batch_norm=bn)
     else:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from rethink.errors import RethinkError
-from rethink.storage import layout, schema
+from rethink.storage import layout, schema, summaries
 from rethink.storage.errors import QueryError, ReadOnlyError
 from rethink.storage.views import check_read_only, connect, is_schema_mismatch
 
@@ -115,9 +115,9 @@ def make_mixed(make_store, root: Path, old_run: str) -> Path:
 
 
 def write_old_epochs(root: Path, run_id: str) -> None:
-    """An epochs file from before the probes existed: none of the probe columns."""
+    """An epochs file from before the probes existed: the design's columns less the probes."""
     rows = epoch_rows(run_id, [0.2, 0.4], [0.3, 0.35])
-    old = pa.schema([f for f in schema.EPOCHS if f.name not in PROBES])
+    old = pa.schema([f for f in schema.EPOCHS if f.name in EPOCHS_COLUMNS and f.name not in PROBES])
     write_table(root, layout.RunPaths(run_id).epochs, pa.Table.from_pylist(
         [{k: v for k, v in row.items() if k in old.names} for row in rows], schema=old))
 
@@ -142,6 +142,25 @@ def test_first_file_decides_the_fast_read_and_a_mismatch_is_loud(make_store, tmp
     write_old_epochs(root, "a0")  # an old file first: the default reads every file's schema
     con = connect(str(root))
     assert con.execute("SELECT count(param_norm), count(*) FROM epochs").fetchone() == (4, 8)
+
+
+def test_a_store_older_than_the_schema_reads_fast_with_the_new_columns_null(make_store, tmp_path: Path) -> None:
+    root = make_store(tmp_path / "old", runs=[{"experiment": "e", "run_id": "a"}, {"experiment": "e", "run_id": "b"}],
+                      epochs={}, statuses={})
+    write_old_epochs(root, "a")
+    write_old_epochs(root, "b")
+    con = connect(str(root))
+    view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'epochs'").fetchone()[0]
+    assert "union_by_name = false" in view  # no file has the probes: no need to read every schema
+    assert columns(con, "epochs") == schema.EPOCHS.names
+    assert con.execute("SELECT count(*), count(param_norm) FROM epochs").fetchone() == (4, 0)
+
+
+def test_views_created_before_the_real_tables_read_them(store: Path) -> None:
+    con = connect(str(store))  # the summaries are bound over empty stand-ins, then those replaced
+    for view in summaries.VIEWS:
+        con.execute(f"SELECT * FROM {view}").fetchall()
+    assert con.execute("SELECT sum(runs) FROM fit_time").fetchone() == (1,)  # r1: the one run done
 
 
 def test_the_per_level_summary_reads_no_status_file(store: Path) -> None:

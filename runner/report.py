@@ -1,0 +1,302 @@
+"""`rethink report NAME`: the summary views of one experiment (storage/summaries.py) as tables
+for the terminal, PNG figures (runner/plots.py) and one self-contained HTML page.
+
+It reads the store only through the SQL views, so the report shows exactly what `rethink query`
+would, and it writes only outside the store: a report is a product of the results, never part
+of them. Every file is written atomically; the HTML page embeds its images as data URIs and its
+style inline, so it opens offline, mailed or copied anywhere, with nothing to fetch."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+from rich.table import Table
+
+from rethink.errors import RethinkError
+from rethink.runner import plots
+from rethink.runner.plots import Row, corruption_label, corruption_order, setting_of
+from rethink.storage.atomic import write_bytes
+from rethink.storage.store import Store
+from rethink.storage.summaries import PROBES, VIEWS
+from rethink.storage.views import connect, is_schema_mismatch, one_line
+
+STATES = ("done", "failed", "running", "pending")
+TABLE_EPOCHS = 6  # epoch columns in the memorization table: first, last, evenly between
+HTML_NAME = "report.html"
+
+# (file, view it is drawn from, how, caption)
+FIGURES: tuple[tuple[str, str, Callable[[list[Row], str], object], str], ...] = (
+    ("fig1a_learning_curves.png", "memorization", plots.fig1a_learning_curves,
+     "Training loss and train accuracy against SGD steps, one line per corruption (Zhang et al. Fig. 1a)."),
+    ("fig1b_time_to_fit.png", "fit_time", plots.fig1b_time_to_fit,
+     "Epochs until the run first reaches the fit threshold, against the fraction of random labels (Fig. 1b)."),
+    ("fig1c_test_error.png", "gaps", plots.fig1c_test_error,
+     "Final test error against the fraction of random labels (Fig. 1c)."),
+    ("probes.png", "probes", plots.probe_curves,
+     "Implicit-regularization probes on the fixed probe batch, against epochs."),
+)
+
+
+@dataclass
+class ReportResult:
+    html: Path  # the self-contained page
+    pngs: list[Path]  # the figures drawn, in FIGURES order
+    tables: list[Table]  # the same tables as the page, for the terminal
+    header: str  # one line: the experiment's runs per state
+    notes: list[str] = field(default_factory=list)  # what was skipped, and why
+
+
+@dataclass
+class _Grid:
+    """A table before it is drawn: Rich for the terminal and HTML for the page share it."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]
+
+
+def build_report(store_root: str, name: str, out_dir: str) -> ReportResult:
+    """Tables, figures and the HTML page of experiment `name`, written into `out_dir`."""
+    store = Store.open(store_root)
+    if not store.local:
+        raise RethinkError(f"report reads local stores only; copy '{store_root}' to a folder first (e.g. aws s3 sync)")
+    out = _out_dir(Path(store.root), out_dir)
+    counts, views = _load(store.root, name, store_root)
+    header = _header(name, counts)
+    notes = _notes(name, counts, views)
+    grids = [g for g in (_gaps_grid(views["gaps"]), _fit_grid(views["fit_time"]),
+                         _memorization_grid(views["memorization"]), _probes_grid(views["probes"])) if g]
+    pngs: list[Path] = []
+    images: list[tuple[str, bytes, str]] = []
+    for filename, view, draw, caption in FIGURES:
+        target = out / filename
+        fig = draw(views[view], name)
+        if fig is None:
+            target.unlink(missing_ok=True)  # an old report's figure would now mislead
+            continue
+        png = plots.png_bytes(fig)
+        write_bytes(target, png)
+        pngs.append(target)
+        images.append((filename, png, caption))
+    page = out / HTML_NAME
+    write_bytes(page, _html(name, store_root, header, notes, grids, images).encode())
+    return ReportResult(page, pngs, [_rich(g) for g in grids], header, notes)
+
+
+def _out_dir(store: Path, out_dir: str) -> Path:
+    """The report's folder, refused inside the store (a store holds results, never products)."""
+    out = Path(out_dir).expanduser().resolve()
+    store = store.resolve()
+    if out == store or store in out.parents:
+        raise RethinkError(f"--out {out_dir} is inside the store {store}; write the report outside it")
+    if out.exists() and not out.is_dir():
+        raise RethinkError(f"--out {out_dir} is a file; give a folder")
+    return out
+
+
+def _load(root: str, name: str, uri: str) -> tuple[dict[str, int], dict[str, list[Row]]]:
+    """Runs per state and every summary view's rows for `name`; a store whose files predate a
+    column gets one retry that reads every file's schema (as `rethink query` does)."""
+    for union_by_name in (None, True):
+        con = None
+        try:
+            con = connect(root, union_by_name=union_by_name)
+            known = [r[0] for r in con.execute("SELECT DISTINCT experiment FROM runs ORDER BY 1").fetchall()]
+            if name not in known:
+                raise RethinkError(f"no experiment '{name}' in store '{uri}' (experiments: {', '.join(known) or 'none yet'})")
+            counts = dict(con.execute("SELECT status, count(*) FROM runs WHERE experiment = ? GROUP BY status",
+                                      [name]).fetchall())
+            return counts, {view: _rows(con, f"SELECT * FROM {view} WHERE experiment = ?", [name]) for view in VIEWS}
+        except duckdb.Error as exc:
+            if union_by_name is None and is_schema_mismatch(exc):
+                continue
+            raise RethinkError(f"cannot read store '{uri}': {one_line(exc)}") from None
+        finally:
+            if con is not None:
+                con.close()
+    raise AssertionError("unreachable")
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> list[Row]:
+    cursor = con.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, values)) for values in cursor.fetchall()]
+
+
+def _header(name: str, counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    states = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES)
+    line = f"{name}: {total} runs ({states})"
+    if counts.get("failed"):
+        line += f"; failed runs are left out of every table and figure (`rethink status {name}` shows why they failed)"
+    elif total != counts.get("done", 0):
+        line += "; tables and figures count finished runs only"
+    return line
+
+
+def _notes(name: str, counts: dict[str, int], views: dict[str, list[Row]]) -> list[str]:
+    notes = []
+    if not counts.get("done"):
+        notes.append(f"{name} has no finished runs yet: nothing to tabulate or plot")
+        return notes
+    if not plots.label_points(views["gaps"]):
+        notes.append(f"{name} has no `labels` corruption: Fig. 1b (time to fit) and 1c (test error) are skipped")
+    if not views["probes"]:
+        notes.append(f"no probes were measured in {name} (train.probe_every is 0): no probe figure")
+    if views["gaps"] and max(r["seeds"] for r in views["gaps"]) == 1:
+        notes.append("one seed per setting: no error bands or standard deviations")
+    return notes
+
+
+# ---- tables ----------------------------------------------------------------------------------
+
+def _key_columns(rows: list[Row]) -> list[str]:
+    """Model and regularizer always (Table 1's rows); dataset, width, init_scale where they vary."""
+    shown = set(plots.varying(rows)) | {"model", "regularizer"}
+    return [p for p in plots.SETTING_PARTS if p in shown]
+
+
+def _sorted(rows: list[Row]) -> list[Row]:
+    return sorted(rows, key=lambda r: (tuple(str(v) for v in setting_of(r)), corruption_order(r)))
+
+
+def _key_cells(row: Row, keys: list[str]) -> list[str]:
+    return [plots.cell(row[k]) for k in keys] + [corruption_label(row["corruption"], row["level"])]
+
+
+def _fmt(mean: float | None, std: float | None = None, scale: float = 1.0, digits: int = 1) -> str:
+    """'97.3 ± 1.2', or the mean alone with one seed; '—' when there is no value."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def _grid(title: str, keys: list[str], extra: list[str], rows: list[list[str]]) -> _Grid:
+    columns = [*keys, "corruption", *extra]
+    return _Grid(title, columns, rows, [i > len(keys) for i in range(len(columns))])
+
+
+def _gaps_grid(rows: list[Row]) -> _Grid | None:
+    if not rows:
+        return None
+    keys = _key_columns(rows)
+    body = [_key_cells(r, keys) + [str(r["seeds"]), _fmt(r["epochs_done"], digits=0), _fmt(r["train_acc"], r["train_acc_std"], 100),
+                                   _fmt(r["test_acc"], r["test_acc_std"], 100), _fmt(r["gap"], r["gap_std"], 100),
+                                   _fmt(r["best_test_acc"], None, 100)] for r in _sorted(rows)]
+    return _grid("Final accuracy and generalization gap (Table 1 layout; mean ± std over seeds)", keys,
+                 ["seeds", "epochs done", "train acc (%)", "test acc (%)", "gap (points)", "best test acc (%)"], body)
+
+
+def _fit_grid(rows: list[Row]) -> _Grid | None:
+    if not rows:
+        return None
+    keys = _key_columns(rows)
+    thresholds = sorted({100 * (r["fit_threshold"] or 0.99) for r in rows})
+    body = [_key_cells(r, keys) + [f"{r['fitted']}/{r['runs']}", _fmt(r["epochs_to_fit"], r["epochs_to_fit_std"]),
+                                   _fmt(r["steps_to_fit"], r["steps_to_fit_std"], digits=0),
+                                   "—" if r["epochs_ratio"] is None else f"{r['epochs_ratio']:.2f}×"]
+            for r in _sorted(rows)]
+    at = "/".join(f"{t:g}%" for t in thresholds)
+    return _grid(f"Time to fit: first epoch with train accuracy ≥ {at} (mean ± std over the seeds that fit)", keys,
+                 ["fitted", "epochs to fit", "steps to fit", "epochs vs none"], body)
+
+
+def _memorization_grid(rows: list[Row]) -> _Grid | None:
+    if not rows:
+        return None
+    keys = _key_columns(rows)
+    epochs = sorted({r["epoch"] for r in rows})
+    if len(epochs) > TABLE_EPOCHS:
+        epochs = sorted({epochs[round(i * (len(epochs) - 1) / (TABLE_EPOCHS - 1))] for i in range(TABLE_EPOCHS)})
+    body = []
+    curves = plots.groups(_sorted(rows), lambda r: (*setting_of(r), r["corruption"], r["level"]))
+    for curve in curves.values():
+        at = {r["epoch"]: r for r in curve}
+        last = at[max(at)]
+        body.append(_key_cells(curve[0], keys) + [str(max(r["seeds"] for r in curve))]
+                    + [_fmt(at[e]["train_acc"], None, 100) if e in at else "—" for e in epochs]
+                    + [_fmt(last["train_acc_corrupted"], None, 100)])
+    return _grid("Memorization: train accuracy (%) by epoch, mean over seeds; last column: accuracy on the "
+                 "corrupted subset at the last epoch (noise memorized)", keys,
+                 ["seeds", *(f"epoch {e}" for e in epochs), "corrupted subset (%)"], body)
+
+
+def _probes_grid(rows: list[Row]) -> _Grid | None:
+    measured = [p for p in PROBES if any(r[p] is not None for r in rows)]
+    if not measured:
+        return None
+    keys = _key_columns(rows)
+    body = []
+    for curve in plots.groups(_sorted(rows), lambda r: (*setting_of(r), r["corruption"], r["level"])).values():
+        last = max(curve, key=lambda r: r["epoch"])
+        body.append(_key_cells(last, keys) + [str(last["epoch"])]
+                    + ["—" if last[p] is None else f"{last[p]:.4g}" for p in measured])
+    return _grid("Probes at the last epoch they were measured (mean over seeds)", keys, ["epoch", *measured], body)
+
+
+def _rich(grid: _Grid) -> Table:
+    table = Table(title=grid.title, title_justify="left")
+    for column, numeric in zip(grid.columns, grid.numeric):
+        table.add_column(column, justify="right" if numeric else "left")
+    for row in grid.rows:
+        table.add_row(*row)
+    return table
+
+
+# ---- the page --------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1250px;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+.meta { color: #666; font-size: 0.9em; }
+.notes li { color: #8a5a00; }
+table { border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.9em; }
+caption { text-align: left; font-weight: 600; padding-bottom: 0.4em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+def _html(name: str, store: str, header: str, notes: list[str], grids: list[_Grid],
+          images: list[tuple[str, bytes, str]]) -> str:
+    e = html.escape
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             f"<title>rethink report: {e(name)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+             f"<h1>rethink report: {e(name)}</h1>", f"<p>{e(header)}</p>",
+             f'<p class="meta">store {e(store)}, written {when}</p>']
+    if notes:
+        parts += ['<ul class="notes">', *(f"<li>{e(n)}</li>" for n in notes), "</ul>"]
+    if grids:
+        parts.append("<h2>Tables</h2>")
+    for grid in grids:
+        parts += ["<table>", f"<caption>{e(grid.title)}</caption>",
+                  "<tr>" + "".join(f"<th>{e(c)}</th>" for c in grid.columns) + "</tr>"]
+        for row in grid.rows:
+            cells = (f'<td class="num">{e(v)}</td>' if numeric else f"<td>{e(v)}</td>"
+                     for v, numeric in zip(row, grid.numeric))
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
+    if images:
+        parts.append("<h2>Figures</h2>")
+    for filename, png, caption in images:
+        data = base64.b64encode(png).decode("ascii")
+        parts += ["<figure>", f'<img src="data:image/png;base64,{data}" alt="{e(filename)}">',
+                  f"<figcaption>{e(filename)}: {e(caption)}</figcaption>", "</figure>"]
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)

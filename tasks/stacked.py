@@ -199,6 +199,7 @@ class Stacker:
         smoothing = _column([r.regularizer.label_smoothing for r in runs], params)
         noise = [r.corruption.level if r.corruption.kind == "label_noise" else 0.0 for r in runs]
         augmented = [r.regularizer.augment for r in runs]
+        some = None if all(augmented) else torch.tensor([r for r, a in enumerate(augmented) if a], device=device)
         shared = all(s.images is first.images for s in states)
         labels = torch.stack([s.labels for s in states])  # (R, N)
         orders = torch.stack([torch.randperm(n, generator=s.generator, device=device) for s in states])
@@ -214,7 +215,7 @@ class Stacker:
                 if augmented[r]:
                     draws.append(_augment_draws(idx.shape[1], state.generator, device))
             if draws:
-                x = _augment_rows(x, augmented, draws)
+                x = _augment_rows(x, some, draws)
             x = first.normalize(x.flatten(0, 1))
             if opts.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -283,10 +284,10 @@ def _augment_draws(n: int, generator: torch.Generator, device: torch.device) -> 
     return dy, dx, flip
 
 
-def _augment_rows(x: torch.Tensor, augmented: Sequence[bool], draws: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
-    """`batches.augment` (zero-pad, crop, flip) applied at once to the runs that augment."""
-    rows = [r for r, a in enumerate(augmented) if a]
-    part = x[rows].flatten(0, 1)  # (k * b, C, H, W)
+def _augment_rows(x: torch.Tensor, rows: torch.Tensor | None, draws: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """`batches.augment` (zero-pad, crop, flip) applied at once to the runs that augment: those
+    at `rows` of the run axis, or all of them (None)."""
+    part = (x if rows is None else x.index_select(0, rows)).flatten(0, 1)  # (k * b, C, H, W)
     dy, dx, flip = (torch.cat(d) for d in zip(*draws))
     n, channels, h, w = part.shape
     pad, dev = AUGMENT_PAD, part.device
@@ -297,12 +298,8 @@ def _augment_rows(x: torch.Tensor, augmented: Sequence[bool], draws: list[tuple[
     batch = torch.arange(n, device=dev)[:, None, None, None]
     channel = torch.arange(channels, device=dev)[None, :, None, None]
     out = padded[batch, channel, rows_i[:, None, :, None], cols_i[:, None, None, :]]
-    out = out.view(len(rows), -1, *out.shape[1:])
-    if len(rows) == len(augmented):
-        return out
-    x = x.clone()
-    x[rows] = out
-    return x
+    out = out.view(len(draws), -1, *out.shape[1:])
+    return out if rows is None else x.index_copy(0, rows, out)
 
 
 class _StackedOptimizer:
@@ -319,33 +316,39 @@ class _StackedOptimizer:
         per_run = [dict(s.model.named_parameters()) for s in states]
         self.sources = [[own[name] for own in per_run] for name in params]
         runs = [s.spec for s in states]
-        self.lr = _column([s.epoch_lr() for s in states], params)
-        self.wd = _column([r.regularizer.weight_decay for r in runs], params)
-        self.beta = _column([r.train.momentum for r in runs], params)
-        for state, lr in zip(states, self.lr.tolist()):
+        lrs, betas, decays = [s.epoch_lr() for s in states], [r.train.momentum for r in runs], \
+            [r.regularizer.weight_decay for r in runs]
+        self.lr, self.beta, self.wd = (_column(v, params) for v in (lrs, betas, decays))
+        self.decay = any(decays)  # torch adds wd*p only where wd != 0; 0*p adds nothing either
+        for state, lr in zip(states, lrs):
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
         names = ("exp_avg", "exp_avg_sq") if self.adam else ("momentum_buffer",)
         self.buffers = {key: {name: self._stack_state(sources, key) for name, sources in zip(params, self.sources)}
                         for key in names}
-        first = self.sources[0]
-        self.t = [float(s.optimizer.state[p]["step"]) if "step" in s.optimizer.state[p] else 0.0
-                  for s, p in zip(states, first)]
+        slots = [s.optimizer.state.get(p, {}) for s, p in zip(states, self.sources[0])]  # .get: no new entries
+        self.t = [float(slot["step"]) if "step" in slot else 0.0 for slot in slots]
+        # Adam's step counts and bias corrections stay on the device in float64 (torch computes
+        # them as Python floats): no host round trip per step
+        device = next(iter(params.values())).device
+        self.t_dev = torch.tensor(self.t, dtype=torch.float64, device=device)
+        self.lr64, self.beta64 = (torch.tensor(v, dtype=torch.float64, device=device) for v in (lrs, betas))
 
     def _stack_state(self, sources: list[torch.Tensor], key: str) -> torch.Tensor:
-        rows = [s.optimizer.state[p].get(key) for s, p in zip(self.states, sources)]
+        rows = [s.optimizer.state.get(p, {}).get(key) for s, p in zip(self.states, sources)]
         return torch.stack([torch.zeros_like(p) if row is None else row for p, row in zip(sources, rows)])
 
     @torch.no_grad()
     def step(self, grads: dict[str, torch.Tensor]) -> None:
         if self.adam:
             self.t = [t + 1 for t in self.t]
-            b1 = self.beta.tolist()
-            step_size = _column([lr / (1 - b ** t) for lr, b, t in zip(self.lr.tolist(), b1, self.t)], self.params)
-            bc2_sqrt = _column([(1 - ADAM_BETA2 ** t) ** 0.5 for t in self.t], self.params)
+            self.t_dev += 1
+            dtype = self.lr.dtype
+            step_size = (self.lr64 / (1 - self.beta64 ** self.t_dev)).to(dtype)
+            bc2_sqrt = (1 - ADAM_BETA2 ** self.t_dev).sqrt().to(dtype)
         for name, p in self.params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
-            d = grads[name] + self.wd.view(shape) * p
+            d = grads[name] + self.wd.view(shape) * p if self.decay else grads[name]
             if self.adam:
                 m1, m2 = self.buffers["exp_avg"][name], self.buffers["exp_avg_sq"][name]
                 m1.lerp_(d, (1 - self.beta).view(shape))
@@ -364,10 +367,9 @@ class _StackedOptimizer:
         for name, sources in zip(self.params, self.sources):
             for r, (state, p) in enumerate(zip(self.states, sources)):
                 p.copy_(self.params[name][r])
-                slot = state.optimizer.state[p]
                 if self.adam:
-                    slot["step"] = torch.tensor(self.t[r], dtype=scalar)
-                    slot["exp_avg"] = self.buffers["exp_avg"][name][r].clone()
-                    slot["exp_avg_sq"] = self.buffers["exp_avg_sq"][name][r].clone()
-                elif state.spec.train.momentum != 0:  # torch keeps no buffer without momentum
-                    slot["momentum_buffer"] = self.buffers["momentum_buffer"][name][r].clone()
+                    state.optimizer.state[p] = {"step": torch.tensor(self.t[r], dtype=scalar),
+                                                "exp_avg": self.buffers["exp_avg"][name][r].clone(),
+                                                "exp_avg_sq": self.buffers["exp_avg_sq"][name][r].clone()}
+                elif state.spec.train.momentum != 0:  # torch keeps no state without momentum
+                    state.optimizer.state[p] = {"momentum_buffer": self.buffers["momentum_buffer"][name][r].clone()}

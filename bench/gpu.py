@@ -215,8 +215,9 @@ def reference_epoch_s(run, dataset, device, args) -> tuple[float, str]:
 # ---- (b) the engine --------------------------------------------------------------------------
 
 
-def engine_run(runs, dataset, device, args) -> tuple[float, int, float, int]:
-    """Wall seconds for every run in full, run-epochs done, mean final train accuracy, pack size."""
+def engine_run(runs, dataset, device, args) -> tuple[float, float, int, float, int]:
+    """Wall seconds for every run in full, seconds of it spent training (the rest measures the
+    runs after each epoch), run-epochs done, mean final train accuracy, pack size."""
     from rethink.tasks.stacked import StackOptions, device_memory_bytes, suggested_pack_size
     from rethink.tasks.train import train_pack
 
@@ -227,19 +228,18 @@ def engine_run(runs, dataset, device, args) -> tuple[float, int, float, int]:
     else:
         size = int(args.pack_size)
     options = StackOptions(bf16=args.bf16, compile=args.compile, channels_last=args.channels_last)
-    last: dict[str, dict] = {}
-    count = [0]
-
-    def on_epoch(run_id: str, row: dict) -> None:
-        last[run_id] = row
-        count[0] += 1
-
+    rows: dict[str, list[dict]] = {}
+    train_s = 0.0
     start = time.perf_counter()
     for i in range(0, len(runs), size):
-        train_pack(runs[i : i + size], "unused", on_epoch=on_epoch, device=device, dataset=dataset, stack=options)
+        pack = runs[i : i + size]
+        train_pack(pack, "unused", device=device, dataset=dataset, stack=options,
+                   on_epoch=lambda run_id, row: rows.setdefault(run_id, []).append(row))
+        # a stacked epoch's training time is on each of its runs' rows: count the longest run once
+        train_s += max(sum(args.train_size / r["examples_per_s"] for r in rows[run.run_id]) for run in pack)
     seconds = time.perf_counter() - start
-    accuracy = statistics.mean(row["train_acc"] for row in last.values())
-    return seconds, count[0], accuracy, size
+    accuracy = statistics.mean(r[-1]["train_acc"] for r in rows.values())
+    return seconds, train_s, sum(map(len, rows.values())), accuracy, size
 
 
 # ---- the table ------------------------------------------------------------------------------
@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"engine: bf16={args.bf16} compile={args.compile} channels_last={args.channels_last} "
           f"cudnn.benchmark={args.cudnn_benchmark}; reference: {args.num_workers} DataLoader workers, fp32\n")
     header = ("| workload | loop | runs x epochs | pack | wall s | run-epochs/s | images·runs/s "
-              "| speed-up | MFU (train) | final train acc |")
-    lines = [header, "|" + "---|" * 10]
+              "| speed-up | training share | MFU (train) | final train acc |")
+    lines = [header, "|" + "---|" * 11]
     for workload in ("W1", "W2") if args.workload == "all" else (args.workload,):
         runs = workload_runs(workload, args)
         epochs, n = runs[0].train.epochs, args.train_size
@@ -281,20 +281,22 @@ def main(argv: list[str] | None = None) -> None:
         flops = train_flops_per_image(runs[0].model, dataset.num_classes)
         total = len(runs) * epochs
 
-        def row(loop: str, seconds: float, done: int, pack: str, speedup: str, acc: str) -> str:
+        def row(loop: str, seconds: float, done: int, pack: str, speedup: str, share: str, acc: str) -> str:
             rate = done * n / seconds
             return (f"| {workload} {runs[0].model} | {loop} | {len(runs)} x {epochs} | {pack} | {seconds:,.1f} "
-                    f"| {done / seconds:,.2f} | {rate:,.0f} | {speedup} | {100 * rate * flops / peak:.2f}% | {acc} |")
+                    f"| {done / seconds:,.2f} | {rate:,.0f} | {speedup} | {share} "
+                    f"| {100 * rate * flops / peak:.2f}% | {acc} |")
 
         ref_s = None
         if not args.skip_reference:
             per_epoch, kind = reference_epoch_s(runs[0], dataset, device, args)
             ref_s = per_epoch * total
             lines.append(row(f"reference ({kind}), extrapolated from {args.ref_epochs} epochs of 1 run",
-                             ref_s, total, "1", "1.00", "-"))
-        seconds, done, acc, size = engine_run(runs, dataset, device, args)
+                             ref_s, total, "1", "1.00", "-", "-"))
+        seconds, train_s, done, acc, size = engine_run(runs, dataset, device, args)
         speedup = f"{ref_s / seconds * done / total:.2f}" if ref_s else "-"
-        lines.append(row("rethink engine, stacked", seconds, done, str(size), speedup, f"{acc:.3f}"))
+        lines.append(row("rethink engine, stacked", seconds, done, str(size), speedup,
+                         f"{100 * train_s / seconds:.0f}%", f"{acc:.3f}"))
         print(f"{workload}: {flops / 1e6:.1f} MFLOP per image (forward + backward)", flush=True)
     print("\n" + "\n".join(lines))
     leaked = [m for m in ("ray", "duckdb") if m in sys.modules]

@@ -57,7 +57,8 @@ ORDER BY {_R_KEYS}, e.epoch
 # Epochs and steps to fit (Fig. 1b). Means are over the runs that fit; those that never reached
 # the threshold within their `epochs` (the training budget) are counted in `never_fit`, not
 # averaged in as some made-up number. The ratio is
-# to corruption 'none' of the same experiment, data, model and regularizer (Zhang's slowdown).
+# to the uncorrupted run ('none', else labels/label_noise at level 0) of the same experiment,
+# data, model and regularizer (Zhang's slowdown).
 _SAME_BASE = " AND ".join(f"b.{k} IS NOT DISTINCT FROM s.{k}" for k in SETTING if k not in ("corruption", "level"))
 FIT_TIME_SQL = f"""
 CREATE VIEW fit_time AS
@@ -72,13 +73,20 @@ WITH per_setting AS (
     FROM runs
     WHERE status = 'done'
     GROUP BY {_KEYS}, fit_threshold
+),
+baseline AS (               -- the uncorrupted run: 'none', else a label corruption at level 0
+    SELECT * FROM per_setting
+    WHERE corruption = 'none' OR (corruption IN ('labels', 'label_noise') AND level = 0)
+    QUALIFY row_number() OVER (
+        PARTITION BY {", ".join(k for k in SETTING if k not in ("corruption", "level"))}, fit_threshold
+        ORDER BY (corruption = 'none') DESC, corruption) = 1
 )
 SELECT s.*,
        s.epochs_to_fit / b.epochs_to_fit AS epochs_ratio,
        s.steps_to_fit / b.steps_to_fit AS steps_ratio
 FROM per_setting s
-LEFT JOIN per_setting b
-  ON b.corruption = 'none' AND {_SAME_BASE} AND b.fit_threshold IS NOT DISTINCT FROM s.fit_threshold
+LEFT JOIN baseline b
+  ON {_SAME_BASE} AND b.fit_threshold IS NOT DISTINCT FROM s.fit_threshold
 ORDER BY {", ".join(f"s.{k}" for k in SETTING)}
 """
 

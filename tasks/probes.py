@@ -31,7 +31,7 @@ PROBE_SIZE = 64  # probe points per run, drawn once (seeded) from its training s
 PROBE_COLUMNS = ("act_sparsity", "act_sparsity_layers", "jacobian_norm", "grad_sqnorm", "functional_dim",
                  "functional_dim_tol", "param_norm")
 PROBE_DTYPE = torch.float64  # the probes' copy of the model and its inputs
-JACOBIAN_BYTES = 1 << 30  # most bytes of per-point derivatives held at once; memory only, not results
+JACOBIAN_BYTES = 1 << 30  # bytes of parameter Jacobian per block, and per pass; memory only, not results
 POINT_CHUNK = 8  # probe points per vectorized (vmap) pass; bounds activation memory, not results
 
 
@@ -176,7 +176,8 @@ class _Probe:
         and `tol` is what is returned. J's dimensions, not G's, because the rounding error of
         forming G grows with its inner dimension (cols = #params). Forming G squares J's condition
         number, so G resolves singular values only down to about sqrt(eps) * sigma_max (measured:
-        2.5e-8 * sigma_max for mlp1x512 on 28x28x3, where tol is 1.6e-5 * sigma_max); numpy's rule
+        2.5e-8 * sigma_max for an mlp1x512 on 28x28x3 with 500 dead units, where tol is
+        1.6e-5 * sigma_max and the smallest kept singular value 1.2e-2 * sigma_max); numpy's rule
         on J itself would sit below that noise. In float32 the floor would be near 3e-4 * sigma_max,
         hence float64.
 

@@ -170,10 +170,10 @@ class Stacker:
         groups: dict[tuple, list[RunState]] = {}
         for state in states:
             key = stack_key(state.spec)
-            if key is not None:
-                groups.setdefault(key + (len(state.labels),), []).append(state)
+            if key is not None and not any(True for _ in state.model.buffers()):
+                groups.setdefault(key + (len(state.labels), _structure(state.model)), []).append(state)
         for group in groups.values():
-            if len(group) < 2 or not _same_structure(group):
+            if len(group) < 2:
                 continue
             saved = [s.generator.get_state() for s in group]
             try:
@@ -235,7 +235,7 @@ class Stacker:
     def _forward(self, model: torch.nn.Module):
         """The stacked loss: mean cross entropy per run, summed over runs (so each run's gradient
         is its own), label smoothing per run. One per model structure, compiled if asked."""
-        key = (type(model), tuple((k, tuple(p.shape), p.dtype) for k, p in model.named_parameters()))
+        key = _structure(model)
         if key not in self._forward_cache:
             base = copy.deepcopy(model).to("meta")
 
@@ -254,10 +254,11 @@ class Stacker:
         return self._forward_cache[key]
 
 
-def _same_structure(states: Sequence[RunState]) -> bool:
-    """Same parameter names, shapes and dtypes, and no buffers (see the module docstring)."""
-    shapes = {tuple((k, tuple(p.shape), p.dtype) for k, p in s.model.named_parameters()) for s in states}
-    return len(shapes) == 1 and not any(True for s in states for _ in s.model.buffers())
+def _structure(model: torch.nn.Module) -> tuple:
+    """What must be equal for models to share one forward: parameter names, shapes and dtypes,
+    and the modules' settings as repr shows them, since the stacked forward runs the first
+    model's modules (ioc_mlp's PositiveLinear, say, keeps its init scale as a plain attribute)."""
+    return repr(model), tuple((k, tuple(p.shape), p.dtype) for k, p in model.named_parameters())
 
 
 def _column(values: Sequence[float], like: dict[str, torch.Tensor]) -> torch.Tensor:

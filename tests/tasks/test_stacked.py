@@ -103,6 +103,11 @@ def test_a_stacked_pack_matches_its_runs_trained_alone(optimizer):
         for key, value in mine["model"].items():
             torch.testing.assert_close(value, theirs["model"][key], rtol=1e-9, atol=1e-12)
         assert mine["optimizer"]["state"].keys() == theirs["optimizer"]["state"].keys()
+        for index, slot in mine["optimizer"]["state"].items():
+            assert slot.keys() == theirs["optimizer"]["state"][index].keys()
+            for key, value in slot.items():  # momentum buffers; Adam's moments and step
+                torch.testing.assert_close(value, theirs["optimizer"]["state"][index][key], rtol=1e-9, atol=1e-12)
+        assert mine["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
         assert mine["progress"] == theirs["progress"] and mine["rng"]["data"].equal(theirs["rng"]["data"])
 
 
@@ -124,6 +129,14 @@ def test_runs_with_their_own_images_and_early_stopping_stack():
     assert stackable(runs)
     rows, _, outcomes = collect(runs, stack=True)
     assert any(o.stop_reason == "early_stopped" for o in outcomes)
+    assert_match(rows, runs)
+
+
+def test_models_that_differ_in_settings_stack_only_with_their_like():
+    """ioc_mlp keeps its init scale in its modules, not its parameters: runs of one pack with
+    different scales must not share a forward."""
+    runs = [spec(model="ioc_mlp", seed=0), spec(model="ioc_mlp", seed=1), spec(model="ioc_mlp", seed=2, init_scale=2.0)]
+    rows, _, _ = collect(runs, stack=True)
     assert_match(rows, runs)
 
 

@@ -54,8 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False, help="crop + flip")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
                    help="engine: bf16 autocast (off: small MLPs gain nothing; to be measured on W2)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="engine: torch.compile the stacked step")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False, help="engine: channels-last conv inputs")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="engine: torch.compile the stacked step")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="engine: channels-last conv inputs")
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                    help="torch.backends.cudnn.benchmark, for both loops")
     p.add_argument("--skip-reference", action="store_true", help="time the engine only")

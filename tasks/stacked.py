@@ -11,7 +11,7 @@ copied back into its own model and `optimizer.state`, so measurement, probes, ch
 resume keep using the per-run code unchanged. Everything random stays per run: data order,
 augmentation and label-noise draws come from each run's own generator, in the same order as the
 side-by-side loop draws them, so a run trained in a pack matches the run trained alone (to
-rounding: float64 on the CPU agrees to ~1e-12, see tests/tasks/test_stacked.py).
+rounding: float64 on the CPU agrees to ~1e-15, float32 to ~1e-7; tests/tasks/test_stacked.py).
 
 What may be stacked (`stack_key`):
 - no dropout: the side-by-side loop draws dropout masks from each run's own global-RNG stream
@@ -20,7 +20,8 @@ What may be stacked (`stack_key`):
 - no BatchNorm: its running statistics are buffers updated in place during the forward, which
   `functional_call` under vmap would have to stack, update and copy back; and the BatchNorm
   models (inception_small, resnet18) are large enough that one run already keeps a GPU busier;
-- one optimizer kind and one training-set size per stacked group (equal steps per epoch).
+- one optimizer kind and one training-set size per stacked group (equal steps per epoch), and
+  equal module settings (`_structure`: ioc_mlp keeps its init scale outside its parameters).
 Runs of a pack that cannot stack train side by side as before; the others stack in groups.
 """
 

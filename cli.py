@@ -111,7 +111,7 @@ StoreOpt = Annotated[str, typer.Option("--store", help="Store folder or pyarrow 
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (default $RAY_ADDRESS, else an embedded local one).")]
 ClusterOpt = Annotated[str | None, typer.Option(help="Ray Jobs address of a remote cluster, e.g. http://HEAD:8265 (token: $RAY_AUTH_TOKEN).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")]
-PackOpt = Annotated[int, typer.Option(help="Runs trained together per task (same data and model shape).", min=1)]
+PackOpt = Annotated[int, typer.Option(help="Runs trained together per task (same data and model shape); 0 = sized to GPU memory, 1 without GPUs.", min=0)]
 DEFAULT_STORE = "./rethink-store"
 
 
@@ -134,7 +134,7 @@ def submit(
     address: AddressOpt = None,
     cluster: ClusterOpt = None,
     quiet: QuietOpt = False,
-    pack_size: PackOpt = 1,
+    pack_size: PackOpt = 0,
 ) -> None:
     """Expand a grid into runs and train them on Ray; wait with a progress bar."""
     from rethink.runner import api, dryrun, grid
@@ -162,7 +162,7 @@ def resume(
     data_dir: DataDir = None,
     address: AddressOpt = None,
     quiet: QuietOpt = False,
-    pack_size: PackOpt = 1,
+    pack_size: PackOpt = 0,
 ) -> None:
     """Finish every run of NAME that is not done (failed, interrupted, never started)."""
     from rethink.runner import api

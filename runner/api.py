@@ -14,7 +14,7 @@ from rethink.tasks.spec import RunSpec
 
 def submit(
     grid: Grid, store_uri: str, data_dir: Path | str, *, address: str | None = None, quiet: bool = False,
-    pack_size: int = 1,
+    pack_size: int = 0,
 ) -> Summary:
     """Freeze the grid into the store and train every run of it that is not done yet."""
     store = Store.open(store_uri, create=True)
@@ -30,7 +30,7 @@ def submit(
 
 def resume(
     name: str, store_uri: str, data_dir: Path | str, *, address: str | None = None, quiet: bool = False,
-    pack_size: int = 1,
+    pack_size: int = 0,
 ) -> Summary:
     """Finish every run of experiment `name` that is not done, each from its last checkpoint."""
     store = Store.open(store_uri)

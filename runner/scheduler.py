@@ -35,12 +35,27 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
 
-def packs(runs: Iterable[RunSpec], pack_size: int) -> list[list[RunSpec]]:
-    """Group runs that can share a device and a model shape, `pack_size` at most per pack."""
+def packs(runs: Iterable[RunSpec], pack_size: int, gpu_bytes: int | None = None) -> list[list[RunSpec]]:
+    """Group runs that can share a device and a model shape, `pack_size` at most per pack;
+    pack_size 0 sizes each group to `gpu_bytes` of GPU memory (1 without a GPU)."""
+    from rethink.tasks.stacked import suggested_pack_size
+
     groups: dict[tuple, list[RunSpec]] = {}
     for run in runs:
         groups.setdefault(run.pack_key, []).append(run)
-    return [group[i : i + pack_size] for group in groups.values() for i in range(0, len(group), pack_size)]
+    out = []
+    for group in groups.values():
+        size = pack_size or suggested_pack_size(group[0], gpu_bytes)
+        out += [group[i : i + size] for i in range(0, len(group), size)]
+    return out
+
+
+def gpu_bytes_per_task(resources: Resources) -> int | None:
+    """GPU memory a task may plan with: its share of one GPU of $RETHINK_GPU_MEMORY_GB (default
+    80, an H100); None when the grid asks for no GPU."""
+    if not resources.gpus:
+        return None
+    return int(float(os.environ.get("RETHINK_GPU_MEMORY_GB", 80)) * 2**30 * min(resources.gpus, 1.0))
 
 
 def connect_ray(address: str | None, quiet: bool) -> bool:
@@ -61,7 +76,7 @@ def connect_ray(address: str | None, quiet: bool) -> bool:
 
 def run_experiment(
     store: Store, name: str, runs: list[RunSpec], resources: Resources, data_dir: Path | str,
-    *, address: str | None = None, quiet: bool = False, pack_size: int = 1, prepare=None,
+    *, address: str | None = None, quiet: bool = False, pack_size: int = 0, prepare=None,
 ) -> Summary:
     """Train every run of `runs` that is not done, until all are done or failed (or cancelled).
     `prepare` runs once the cluster is known to fit the tasks, before anything is scheduled: a
@@ -101,7 +116,7 @@ def run_experiment(
     last_busy_check = 0.0
     try:
         with progress:
-            for pack in packs(todo, pack_size):
+            for pack in packs(todo, pack_size, gpu_bytes_per_task(resources)):
                 launch(pack)
             while in_flight or busy:
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_S) if in_flight else ([], [])

@@ -78,7 +78,7 @@ def cases(store, tmp_path) -> dict[str, list[str]]:
         "--set without =": ["submit", str(good), "--store", s, "--set", "train.epochs"],
         "--set unknown key": ["submit", str(good), "--store", s, "--set", "train.epoch=3"],
         "--set bad level": ["submit", str(good), "--store", s, "--set", "corruption=[labels:7]"],
-        "--pack-size 0": ["submit", str(good), "--store", s, "--pack-size", "0"],
+        "--pack-size -1": ["submit", str(good), "--store", s, "--pack-size", "-1"],
         "store is a file": ["submit", str(good), "--store", str(tmp_path / "afile")],
         "store is someone's folder": ["submit", str(good), "--store", str(tmp_path / "full")],
         "query: not a store": ["query", "select 1", "--store", str(tmp_path / "full")],

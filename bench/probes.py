@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 
@@ -60,11 +61,12 @@ def main() -> None:
         model = build_model(name, in_shape=(3, 28, 28), num_classes=10).to(device)
         n_params = sum(p.numel() for p in model.parameters())
         cells = []
-        for fn in calls.values():
+        for probe, fn in calls.items():
             first = timed(fn, model)
             again = first <= args.slow
             ms = 1000 * (statistics.median(timed(fn, model) for _ in range(args.repeats)) if again else first)
             cells.append(f"{ms:,.0f}" if ms >= 10 else f"{ms:.2f}")
+            print(f"  {name} {probe}: {cells[-1]} ms", file=sys.stderr, flush=True)
         print(f"| {name} | {n_params:,} | " + " | ".join(cells) + " |", flush=True)
 
 

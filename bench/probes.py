@@ -2,7 +2,7 @@
 classes (random inputs and labels: the cost does not depend on the values).
 
     python bench/probes.py [--models mlp1x512,alexnet_small,resnet18] [--device cpu] [--repeats 3]
-                           [--dtype float64]
+                           [--probes functional_dim,...] [--dtype float64]
 
 Prints a Markdown table: model x probe -> ms per call (median of --repeats calls after one
 warm-up call; a probe whose warm-up call takes over --slow seconds is timed by that call alone).
@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--models", default="mlp1x512,alexnet_small,resnet18")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--probes", default="", help="comma-separated subset of the columns (default: all)")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="probes' precision")
     parser.add_argument("--slow", type=float, default=5.0, help="seconds above which one call is enough")
     args = parser.parse_args()
@@ -42,6 +43,9 @@ def main() -> None:
         "param_norm": probes.param_norm,
         "measure_probes": lambda m: probes.measure_probes(m, x, y),
     }
+
+    if args.probes:
+        calls = {name: calls[name] for name in args.probes.split(",")}
 
     def timed(fn, model) -> float:
         if device.type == "cuda":

@@ -175,6 +175,8 @@ def coerce(name: str, value: Any, type_text: str) -> Any:
             return value
         if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
             return int(value)
+        if "str" in kinds and isinstance(value, str):
+            return value  # int | str: the dataclass checks the text (e.g. a cadence "60s")
         raise SpecError(f"{name} must be an integer, got {value!r}")
     if base == "float":
         return to_float(name, value)

@@ -4,16 +4,22 @@ store and the engine; Ray calls it but it does not need Ray."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rethink.errors import RethinkError
+from rethink.runner.writer import PackWriter
 from rethink.storage.store import DamagedFileError, Store, now
 from rethink.tasks import checkpoint as ckpt
 from rethink.tasks.spec import RunSpec
-from rethink.tasks.train import train_pack
+from rethink.tasks.timing import Stopwatch
+from rethink.tasks.train import RunOutcome, train_pack
+
+TIMINGS_ENV = "RETHINK_TIMINGS"  # a folder: each task writes where its seconds went (bench/overhead.py)
 
 
 class Cancelled(RethinkError):
@@ -33,17 +39,88 @@ def run_pack(
     store_uri: str, experiment: str, configs: list[dict], data_dir: str, token: str, threads: int = 0
 ) -> list[dict]:
     """Train the runs in `configs` (RunSpec dicts) that are not done and not owned elsewhere."""
+    started = time.perf_counter()
     if threads:
         import torch
 
         torch.set_num_threads(threads)  # a task owns its CPUs: oversubscribed OpenMP crawls
+    watch = Stopwatch()
     store = Store.open(store_uri)
     if store.cancel_requested(experiment):  # queued before a cancel: don't even start
         return [asdict(PackResult(RunSpec.from_dict(c).run_id, "cancelled")) for c in configs]
+    with watch.part("claims"):
+        results, claimed = _claim(store, [RunSpec.from_dict(c) for c in configs], token)
+    resume: dict[str, dict] = {}
+    rows: dict[str, list[dict]] = {}
+    status: dict[str, dict] = {}
+    attempts = {spec.run_id: attempt for spec, attempt in claimed}
+    for spec, attempt in claimed:
+        with watch.part("resume"):
+            start, state, kept_rows, notes = _resume_point(store, spec)
+        rows[spec.run_id] = kept_rows
+        if state is not None:
+            resume[spec.run_id] = state
+        results[spec.run_id] = PackResult(spec.run_id, "failed", resumed_from=start, notes=tuple(notes))
+        with watch.part("claims"):
+            status[spec.run_id] = store.write_status(
+                spec.run_id, status="running", attempts=attempt, host=socket.gethostname(), pid=os.getpid(),
+                started_at=now(), finished_at=None, error=None, stop_reason=None, epochs_done=start,
+                resumed_from=start,
+            )
+    writer = PackWriter(store, experiment, attempts, status, rows, watch)
+
+    def on_epoch(run_id: str, row: dict) -> None:
+        if run_id in writer.stopped:
+            raise Cancelled(writer.stopped[run_id])
+        writer.add_row(run_id, row)
+
+    def on_checkpoint(run_id: str, epoch: int, state: dict) -> None:
+        writer.add_snapshot(run_id, epoch, state)
+
+    ended: set[str] = set()
+
+    def on_end(outcome: RunOutcome) -> None:
+        ended.add(outcome.run_id)
+        writer.end_run(outcome.run_id, lambda: _finish(store, writer, results[outcome.run_id], outcome))
+
+    specs = [spec for spec, _ in claimed]
+    try:
+        if specs:
+            with watch.part("train_pack"):
+                train_pack(specs, data_dir, on_epoch=on_epoch, on_checkpoint=on_checkpoint, resume=resume,
+                           final_checkpoint=False, stopwatch=watch, on_epoch_end=writer.end_epoch, on_end=on_end)
+    except Exception as exc:  # the pack as a whole could not go on (its data, a write that failed)
+        error = _one_line(exc)
+        for spec in specs:
+            if spec.run_id not in ended:
+                on_end(RunOutcome(spec.run_id, "failed", "error", len(rows[spec.run_id]), error=error))
+    finally:
+        try:
+            with watch.part("close"):
+                writer.close()
+        except Exception as exc:  # a write failed: say so in every run not yet told, if the store lets us
+            _fail_unfinished(store, results, [s.run_id for s in specs], _one_line(exc))
+        _save_timings(watch, token, time.perf_counter() - started, len(specs))
+    return [asdict(r) for r in results.values()]
+
+
+def _fail_unfinished(store: Store, results: dict[str, PackResult], run_ids: list[str], error: str) -> None:
+    for run_id in run_ids:
+        result = results[run_id]
+        if result.outcome in ("done", "cancelled"):
+            continue
+        result.outcome, result.error = "failed", result.error or f"writing to the store failed: {error}"
+        try:
+            store.write_status(run_id, status="failed", stop_reason="error", error=result.error, finished_at=now())
+        except Exception:  # noqa: BLE001 - the store itself is what failed; the driver still hears
+            pass
+
+
+def _claim(store: Store, specs: list[RunSpec], token: str) -> tuple[dict[str, PackResult], list[tuple[RunSpec, int]]]:
+    """Claim every run that is not done and not owned by a live attempt elsewhere."""
     results: dict[str, PackResult] = {}
     claimed: list[tuple[RunSpec, int]] = []
-    for config in configs:
-        spec = RunSpec.from_dict(config)
+    for spec in specs:
         status = store.read_status(spec.run_id)
         if status and status.get("status") == "done":
             results[spec.run_id] = PackResult(spec.run_id, "skipped")
@@ -57,61 +134,49 @@ def run_pack(
             results[spec.run_id] = PackResult(spec.run_id, "skipped")
             continue
         claimed.append((spec, attempt))
-
-    resume: dict[str, bytes] = {}
-    rows: dict[str, list[dict]] = {}
-    attempts = dict((spec.run_id, attempt) for spec, attempt in claimed)
-    for spec, attempt in claimed:
-        start, blob, kept_rows, notes = _resume_point(store, spec.run_id)
-        rows[spec.run_id] = kept_rows
-        if blob is not None:
-            resume[spec.run_id] = blob
-        results[spec.run_id] = PackResult(spec.run_id, "failed", resumed_from=start, notes=tuple(notes))
-        store.write_status(
-            spec.run_id, status="running", attempts=attempt, host=socket.gethostname(), pid=os.getpid(),
-            started_at=now(), finished_at=None, error=None, stop_reason=None, epochs_done=start, resumed_from=start,
-        )
-
-    def on_epoch(run_id: str, row: dict) -> None:
-        if store.cancel_requested(experiment):
-            raise Cancelled("cancelled")
-        if not store.owns(run_id, attempts[run_id]):
-            raise Cancelled("taken over by a later attempt")
-        rows[run_id].append(row)
-        store.write_epochs(run_id, rows[run_id])
-        store.write_status(run_id, epochs_done=row["epoch"])
-
-    def on_checkpoint(run_id: str, epoch: int, blob: bytes) -> None:
-        store.write_checkpoint(run_id, epoch, blob)
-
-    specs = [spec for spec, _ in claimed]
-    outcomes = train_pack(specs, data_dir, on_epoch=on_epoch, on_checkpoint=on_checkpoint, resume=resume) if specs else []
-    for outcome in outcomes:
-        result = results[outcome.run_id]
-        if outcome.error != "taken over by a later attempt":
-            store.release(outcome.run_id, attempts[outcome.run_id])
-        if outcome.status == "done":
-            result.outcome = "done"
-            store.write_status(outcome.run_id, status="done", stop_reason=outcome.stop_reason,
-                               epochs_done=outcome.epochs_done, finished_at=now())
-            for epoch in store.checkpoint_epochs(outcome.run_id):  # finished: its state is no longer needed
-                store.delete_checkpoint(outcome.run_id, epoch)
-        elif outcome.error == "cancelled" or (outcome.error or "").startswith("taken over"):
-            result.outcome = "cancelled"
-            if outcome.error == "cancelled":
-                store.write_status(outcome.run_id, status="pending", stop_reason="cancelled", error=None)
-        else:
-            result.error = outcome.error
-            store.write_status(outcome.run_id, status="failed", stop_reason="error", error=outcome.error,
-                               finished_at=now())
-    return [asdict(r) for r in results.values()]
+    return results, claimed
 
 
-def _resume_point(store: Store, run_id: str) -> tuple[int, bytes | None, list[dict], list[str]]:
-    """The newest checkpoint that loads and whose epoch rows are all there: (epoch, blob, rows
-    up to that epoch, notes). Damaged files are reported, deleted and the run redone from the
-    newest good state (from scratch when there is none)."""
+def _finish(store: Store, writer: PackWriter, result: PackResult, outcome: RunOutcome) -> None:
+    """On the writer's thread, after the run's last rows: its status, claim and checkpoints."""
+    run_id = outcome.run_id
+    stopped = writer.stopped.get(run_id)
+    if stopped is not None and stopped != "cancelled":  # another attempt owns the run now: hands off
+        result.outcome = "cancelled"
+        return
+    store.release(run_id, writer.attempts[run_id])
+    if stopped == "cancelled":
+        result.outcome = "cancelled"
+        writer.put_status(run_id, status="pending", stop_reason="cancelled", error=None)
+    elif outcome.status == "done":
+        result.outcome = "done"
+        writer.put_status(run_id, status="done", stop_reason=outcome.stop_reason, epochs_done=outcome.epochs_done,
+                          finished_at=now())
+        for epoch in store.checkpoint_epochs(run_id):  # finished: its state is no longer needed
+            store.delete_checkpoint(run_id, epoch)
+    else:
+        result.error = outcome.error
+        writer.put_status(run_id, status="failed", stop_reason="error", error=outcome.error, finished_at=now())
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+
+
+def _save_timings(watch: Stopwatch, token: str, wall_s: float, runs: int) -> None:
+    """With $RETHINK_TIMINGS set (bench/overhead.py sets it), where this task's seconds went."""
+    folder = os.environ.get(TIMINGS_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(folder, f"{token}.json").write_text(json.dumps(watch.as_dict() | {"wall_s": wall_s, "runs": runs}))
+
+
+def _resume_point(store: Store, spec: RunSpec) -> tuple[int, dict | None, list[dict], list[str]]:
+    """The newest checkpoint that loads, is this run's, and whose epoch rows are all there:
+    (epoch, state, rows up to that epoch, notes). Damaged or foreign checkpoints are reported,
+    deleted and the run redone from the newest good state (from scratch when there is none)."""
     notes: list[str] = []
+    run_id = spec.run_id
     try:
         rows = store.read_epochs(run_id)
     except DamagedFileError as exc:
@@ -120,14 +185,16 @@ def _resume_point(store: Store, run_id: str) -> tuple[int, bytes | None, list[di
     for epoch in reversed(store.checkpoint_epochs(run_id)):
         blob = store.read_checkpoint(run_id, epoch)
         try:
-            ckpt.loads(blob or b"")
+            state = ckpt.loads(blob or b"")
+            if not isinstance(state, dict) or state.get("run") != spec.identity():
+                raise ckpt.CheckpointError("it belongs to another run config (or an older rethink)")
         except ckpt.CheckpointError as exc:
             notes.append(f"checkpoint of epoch {epoch}: {exc}; discarded")
             store.delete_checkpoint(run_id, epoch)
             continue
         kept = [r for r in rows if r["epoch"] <= epoch]
         if [r["epoch"] for r in kept] == list(range(1, epoch + 1)):
-            return epoch, blob, kept, notes
+            return epoch, state, kept, notes
         notes.append(f"epoch rows up to {epoch} are incomplete; checkpoint of epoch {epoch} not used")
     return 0, None, [], notes
 

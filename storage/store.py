@@ -183,8 +183,12 @@ class Store:
         """Merge `fields` into the run's status row and rewrite it."""
         row = self.read_status(run_id) or {"run_id": run_id, "attempts": 0}
         row.update(fields, updated_at=now())
-        self.write_table(RunPaths(run_id).status, [row], schema.STATUS)
+        self.put_status(run_id, row)
         return row
+
+    def put_status(self, run_id: str, row: dict) -> None:
+        """Write the run's whole status row as given, reading nothing (its owner holds it)."""
+        self.write_table(RunPaths(run_id).status, [row], schema.STATUS)
 
     # -- claims: who trains a run ---------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,24 @@ class RegularizerSpec:
         return "+".join(parts) or "none"
 
 
+DEFAULT_CHECKPOINT_EVERY = "60s"  # by time: a crash loses about a minute of work, whatever the model size
+NOT_IDENTITY = {"train": ("checkpoint_every",)}  # settings that change no row, so not which run it is
+
+
+def checkpoint_cadence(value: int | str) -> tuple[int | None, float | None]:
+    """`checkpoint_every` as (epochs, None) or (None, seconds); a bad value is refused."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value, None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min)?\s*", value)
+        if match and match.group(2) is None and "." not in match.group(1) and int(match.group(1)) >= 1:
+            return int(match.group(1)), None  # "5" from a flag: epochs
+        if match and match.group(2) and float(match.group(1)) > 0:
+            return None, float(match.group(1)) * (1 if match.group(2) == "s" else 60)
+    raise SpecError(f"train.checkpoint_every must be a number of epochs (e.g. 5) or a time (e.g. \"60s\", \"5m\"), "
+                    f"got {value!r}")
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     epochs: int = 50
@@ -105,11 +124,14 @@ class TrainSpec:
     optimizer: str = "sgd"
     fit_threshold: float = 0.99  # a run has fit once train accuracy reaches this
     probe_every: int = 0  # probes every K epochs; 0 = never
-    checkpoint_every: int = 1  # epochs between checkpoints
+    # checkpoint cadence: every N epochs (an int), or every N seconds of training ("60s", "5m");
+    # not part of the run's identity (it changes no row), see RunSpec.identity
+    checkpoint_every: int | str = DEFAULT_CHECKPOINT_EVERY
 
     def __post_init__(self) -> None:
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("epochs", "batch_size", "checkpoint_every"):
+        checkpoint_cadence(self.checkpoint_every)
+        for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SpecError(f"train.{name} must be a positive integer, got {value!r}")
@@ -149,6 +171,15 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """The config that makes the run what it is: everything but settings that change no row
+        (the checkpoint cadence), so two grids that differ only in those share their runs."""
+        d = self.to_dict()
+        for section, names in NOT_IDENTITY.items():
+            for name in names:
+                d[section].pop(name, None)
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         return cls(
@@ -164,7 +195,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property

@@ -5,10 +5,13 @@ A randomization test is hundreds of small trainings, and one small network leave
 forward (`torch.func.vmap` over `functional_call`) and one backward serve all R, and one
 hand-written optimizer step updates every run with its own lr, momentum and weight decay.
 
-Only the training epoch is stacked. Each run keeps its `RunState` (tasks/train.py): before a
-stacked epoch its parameters and optimizer buffers are stacked, after it each run's slice is
-copied back into its own model and `optimizer.state`, so measurement, probes, checkpoints and
-resume keep using the per-run code unchanged. Everything random stays per run: data order,
+The training epoch and the measuring after it are stacked. Each run keeps its `RunState`
+(tasks/train.py): before a stacked epoch its parameters and optimizer buffers are stacked, after
+it each run's slice is copied back into its own model and optimizer, and the stacked parameters
+give every run's logits on its train, test and held-out splits in one vmapped forward per batch;
+the metrics from those logits, probes, checkpoints and resume are the per-run code unchanged.
+The augmentation, the loss and the optimizer are the side-by-side loop's own (tasks/batches.py,
+tasks/optim.py), called on tensors with a run axis. Everything random stays per run: data order,
 augmentation and label-noise draws come from each run's own generator, in the same order as the
 side-by-side loop draws them, so a run trained in a pack matches the run trained alone (to
 rounding: float64 on the CPU agrees to ~1e-15, float32 to ~1e-7; tests/tasks/test_stacked.py).
@@ -39,11 +42,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from rethink.tasks.batches import AUGMENT_PAD
+from rethink.tasks.batches import apply_augment, augment_draws, smoothed_cross_entropy
 from rethink.tasks.corruption import noisy_labels
 from rethink.tasks.data import SYNTHETIC_SIZES
+from rethink.tasks.evaluate import EVAL_BATCH, as_metric_dtype
 from rethink.tasks.models import DEFAULT_BATCH_NORM, build_model
+from rethink.tasks.optim import Optimizer
 from rethink.tasks.spec import RunSpec
+from rethink.tasks.timing import Stopwatch
 
 if TYPE_CHECKING:  # train.py imports this module
     from rethink.tasks.train import RunState
@@ -51,7 +57,6 @@ if TYPE_CHECKING:  # train.py imports this module
 STACK_ENV = "RETHINK_STACK"  # "1" forces stacking (e.g. on the CPU), "0" turns it off
 MAX_PACK = 64  # runs per pack at most from `suggested_pack_size`; launch-bound gains flatten out
 MEMORY_FRACTION = 0.8  # of the device memory that `suggested_pack_size` plans to use
-ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam defaults, as tasks/train.py builds it
 CIFAR_TRAIN = 50_000  # training images when a CIFAR DataSpec leaves train_size unset
 
 
@@ -63,6 +68,15 @@ class StackOptions:
     bf16: bool = False  # bf16 autocast in forward and loss (off: small MLPs gain nothing)
     compile: bool = False  # torch.compile the stacked forward + loss
     channels_last: bool = False  # hand conv inputs over in channels-last memory format
+
+
+@dataclass
+class StackedEpoch:
+    """What a stacked group did for one of its runs this epoch."""
+
+    seconds: float  # the group's wall time: training, and the stacked forward of measuring
+    train_seconds: float  # the training part alone (for examples_per_s)
+    logits: dict[str, torch.Tensor | None] | None  # per split name; None: measure this run alone
 
 
 def stack_key(run: RunSpec) -> tuple | None:
@@ -154,20 +168,22 @@ def _shape_counts(run: RunSpec, in_shape: tuple[int, int, int], classes: int) ->
 
 
 class Stacker:
-    """Trains the stackable runs of a pack one epoch at a time; `train_pack` asks it first and
-    trains whatever it returns no time for side by side. A stacked epoch that raises (say, out of
-    memory) rewinds the runs' generators and turns stacking off for the rest of the pack."""
+    """Trains and measures the stackable runs of a pack one epoch at a time; `train_pack` asks it
+    first and trains whatever it returns nothing for side by side. A stacked epoch that raises
+    (say, out of memory) rewinds the runs' generators and turns stacking off for the rest of the
+    pack; stacked measuring that raises leaves that epoch's measuring to each run."""
 
-    def __init__(self, options: StackOptions) -> None:
+    def __init__(self, options: StackOptions, watch: Stopwatch | None = None) -> None:
         self.options = options
+        self.watch = watch or Stopwatch()
         self.enabled = True
         self._forward_cache: dict[tuple, object] = {}
 
-    def train_epoch(self, states: Sequence[RunState]) -> dict[str, float]:
-        """Train one epoch of every stackable group of `states`; {run_id: seconds} of those done."""
-        trained: dict[str, float] = {}
+    def train_epoch(self, states: Sequence[RunState]) -> dict[str, StackedEpoch]:
+        """Train one epoch of every stackable group of `states`, then measure it."""
+        done: dict[str, StackedEpoch] = {}
         if not self.enabled:
-            return trained
+            return done
         groups: dict[tuple, list[RunState]] = {}
         for state in states:
             key = stack_key(state.spec)
@@ -177,26 +193,38 @@ class Stacker:
             if len(group) < 2:
                 continue
             saved = [s.generator.get_state() for s in group]
+            start = time.perf_counter()
             try:
-                seconds = self._train_group(group)
+                with self.watch.part("train"):
+                    params = self._train_group(group)
             except Exception as exc:  # fall back: these runs train side by side from here on
                 for state, generator_state in zip(group, saved):
                     state.generator.set_state(generator_state)
                 warnings.warn(f"stacked training failed, training side by side instead: {exc!r}")
                 self.enabled = False
-                return trained
-            trained.update((s.run_id, seconds) for s in group)
-        return trained
+                return done
+            trained = time.perf_counter() - start
+            try:
+                with self.watch.part("measure"):
+                    logits = self._measure_group(group, params)
+            except Exception as exc:
+                warnings.warn(f"stacked measuring failed, measuring run by run instead: {exc!r}")
+                logits = [None] * len(group)
+            seconds = time.perf_counter() - start
+            done.update((s.run_id, StackedEpoch(seconds, trained, lg)) for s, lg in zip(group, logits))
+        return done
 
-    def _train_group(self, states: list[RunState]) -> float:
-        start = time.perf_counter()
+    def _train_group(self, states: list[RunState]) -> dict[str, torch.Tensor]:
+        """One epoch of the group; returns its stacked parameters (each run's also written back)."""
         first = states[0]
         device, opts = first.device, self.options
         n, batch_size, classes = len(first.labels), first.spec.train.batch_size, first.num_classes
         params, _ = stack_module_state([s.model for s in states])
-        optimizer = _StackedOptimizer(states, params)
-        forward = self._forward(first.model)
         runs = [s.spec for s in states]
+        optimizer = Optimizer(first.spec.train.optimizer, params, [s.epoch_lr() for s in states],
+                              [r.train.momentum for r in runs], [r.regularizer.weight_decay for r in runs])
+        optimizer.stack_from([s.optimizer for s in states])
+        forward = self._forward(first.model)
         smoothing = _column([r.regularizer.label_smoothing for r in runs], params)
         noise = [r.corruption.level if r.corruption.kind == "label_noise" else 0.0 for r in runs]
         augmented = [r.regularizer.augment for r in runs]
@@ -214,42 +242,76 @@ class Stacker:
                 if noise[r]:
                     y[r] = noisy_labels(y[r], noise[r], classes, state.generator)
                 if augmented[r]:
-                    draws.append(_augment_draws(idx.shape[1], state.generator, device))
+                    draws.append(augment_draws(idx.shape[1], state.generator, device))
             if draws:
                 x = _augment_rows(x, some, draws)
-            x = first.normalize(x.flatten(0, 1))
-            if opts.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x = x.view(len(states), -1, *x.shape[1:])
+            x = self._inputs(first, x)
             with autocast:
                 loss = forward(params, x, y, smoothing)
             grads = torch.autograd.grad(loss, list(params.values()))
             optimizer.step(dict(zip(params, grads)))
-        optimizer.write_back()
+        _write_back(states, params, optimizer)
         steps = -(-n // batch_size)
         for state in states:
             state.step += steps
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return params
+
+    def _inputs(self, first: RunState, x: torch.Tensor) -> torch.Tensor:
+        """(R, b, ...) stored pixels -> (R, b, ...) model inputs, normalized as each run would."""
+        runs = x.shape[0]
+        x = first.normalize(x.flatten(0, 1))
+        if self.options.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.view(runs, -1, *x.shape[1:])
+
+    @torch.no_grad()
+    def _measure_group(self, states: list[RunState], params: dict[str, torch.Tensor]) -> list[dict]:
+        """Every run's logits on each split, one vmapped forward per EVAL_BATCH images; a split
+        all runs share (the clean test set, say) is normalized once and broadcast, not copied."""
+        first = states[0]
+        one = self._one(first.model)
+        out: list[dict] = [{} for _ in states]
+        for name in ("train", "test", "val"):
+            splits = [s.splits[name] for s in states]
+            if splits[0] is None or len(splits[0].images) == 0:
+                for logits in out:
+                    logits[name] = None
+                continue
+            shared = all(sp.images is splits[0].images for sp in splits)
+            chunks = []
+            for i in range(0, len(splits[0].images), EVAL_BATCH):
+                if shared:
+                    x = first.normalize(splits[0].images[i : i + EVAL_BATCH])
+                    chunks.append(vmap(one, in_dims=(0, None))(params, x))
+                else:
+                    x = self._inputs(first, _stack_rows([sp.images[i : i + EVAL_BATCH] for sp in splits]))
+                    chunks.append(vmap(one)(params, x))
+            logits = as_metric_dtype(torch.cat(chunks, dim=1))  # (R, n, K)
+            for r, run_logits in enumerate(out):
+                run_logits[name] = logits[r]
+        return out
+
+    def _one(self, model: torch.nn.Module):
+        """One run's forward as a function of its parameters, on a bare copy of the model."""
+        base = copy.deepcopy(model).to("meta")
+
+        def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(base, p, (x,))
+
+        return one
 
     def _forward(self, model: torch.nn.Module):
-        """The stacked loss: mean cross entropy per run, summed over runs (so each run's gradient
-        is its own), label smoothing per run. One per model structure, compiled if asked."""
+        """The stacked loss: each run's mean smoothed cross entropy, summed over runs (so each
+        run's gradient is its own). One per model structure, compiled if asked."""
         key = _structure(model)
         if key not in self._forward_cache:
-            base = copy.deepcopy(model).to("meta")
-
-            def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-                return functional_call(base, p, (x,))
+            one = self._one(model)
 
             def loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                      smoothing: torch.Tensor) -> torch.Tensor:
-                logp = torch.log_softmax(vmap(one)(params, x), dim=-1)  # (R, b, K)
-                nll = -logp.gather(-1, y[..., None]).squeeze(-1)
-                smooth = -logp.mean(-1)  # F.cross_entropy's label_smoothing term
-                eps = smoothing.view(-1, 1).to(logp.dtype)
-                return ((1 - eps) * nll + eps * smooth).mean(1).sum()
+                return smoothed_cross_entropy(vmap(one)(params, x), y, smoothing).sum()
 
             self._forward_cache[key] = torch.compile(loss) if self.options.compile else loss
         return self._forward_cache[key]
@@ -276,102 +338,19 @@ def _stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def _augment_draws(n: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The draws of `batches.augment` for one run's batch, in its order (dy, dx, flip), so the
-    stacked path consumes each run's generator exactly as the side-by-side path does."""
-    span = 2 * AUGMENT_PAD + 1
-    dy = torch.randint(0, span, (n,), generator=generator, device=device)
-    dx = torch.randint(0, span, (n,), generator=generator, device=device)
-    flip = torch.rand(n, generator=generator, device=device) < 0.5
-    return dy, dx, flip
-
-
 def _augment_rows(x: torch.Tensor, rows: torch.Tensor | None, draws: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
-    """`batches.augment` (zero-pad, crop, flip) applied at once to the runs that augment: those
-    at `rows` of the run axis, or all of them (None)."""
+    """`batches.apply_augment` at once for the runs that augment: those at `rows` of the run
+    axis, or all of them (None); `draws` are theirs, in run order."""
     part = (x if rows is None else x.index_select(0, rows)).flatten(0, 1)  # (k * b, C, H, W)
-    dy, dx, flip = (torch.cat(d) for d in zip(*draws))
-    n, channels, h, w = part.shape
-    pad, dev = AUGMENT_PAD, part.device
-    padded = torch.nn.functional.pad(part, (pad, pad, pad, pad))
-    rows_i = dy[:, None] + torch.arange(h, device=dev)[None, :]
-    cols_i = dx[:, None] + torch.arange(w, device=dev)[None, :]
-    cols_i = torch.where(flip[:, None], cols_i.flip(1), cols_i)
-    batch = torch.arange(n, device=dev)[:, None, None, None]
-    channel = torch.arange(channels, device=dev)[None, :, None, None]
-    out = padded[batch, channel, rows_i[:, None, :, None], cols_i[:, None, None, :]]
+    out = apply_augment(part, tuple(torch.cat(d) for d in zip(*draws)))
     out = out.view(len(draws), -1, *out.shape[1:])
     return out if rows is None else x.index_copy(0, rows, out)
 
 
-class _StackedOptimizer:
-    """torch.optim.SGD (momentum, L2 weight decay) or Adam (L2 weight decay) over stacked
-    parameters, each run with its own lr, momentum / beta1 and weight decay, in torch's math:
-    SGD:  d = g + wd*p;  buf = m*buf + d (buf = d on the first step);  p -= lr*buf (m=0: lr*d).
-    Adam: g += wd*p; m1 = lerp(m1, g, 1-b1); m2 = b2*m2 + (1-b2)*g*g;
-          p -= lr/(1-b1^t) * m1 / (sqrt(m2)/sqrt(1-b2^t) + eps).
-    A run without state yet starts from zeros, which gives torch's first step exactly."""
-
-    def __init__(self, states: Sequence[RunState], params: dict[str, torch.Tensor]) -> None:
-        self.states, self.params = states, params
-        self.adam = states[0].spec.train.optimizer == "adam"
-        per_run = [dict(s.model.named_parameters()) for s in states]
-        self.sources = [[own[name] for own in per_run] for name in params]
-        runs = [s.spec for s in states]
-        lrs, betas, decays = [s.epoch_lr() for s in states], [r.train.momentum for r in runs], \
-            [r.regularizer.weight_decay for r in runs]
-        self.lr, self.beta, self.wd = (_column(v, params) for v in (lrs, betas, decays))
-        self.decay = any(decays)  # torch adds wd*p only where wd != 0; 0*p adds nothing either
-        for state, lr in zip(states, lrs):
-            for group in state.optimizer.param_groups:
-                group["lr"] = lr
-        names = ("exp_avg", "exp_avg_sq") if self.adam else ("momentum_buffer",)
-        self.buffers = {key: {name: self._stack_state(sources, key) for name, sources in zip(params, self.sources)}
-                        for key in names}
-        slots = [s.optimizer.state.get(p, {}) for s, p in zip(states, self.sources[0])]  # .get: no new entries
-        self.t = [float(slot["step"]) if "step" in slot else 0.0 for slot in slots]
-        # Adam's step counts and bias corrections stay on the device in float64 (torch computes
-        # them as Python floats): no host round trip per step
-        device = next(iter(params.values())).device
-        self.t_dev = torch.tensor(self.t, dtype=torch.float64, device=device)
-        self.lr64, self.beta64 = (torch.tensor(v, dtype=torch.float64, device=device) for v in (lrs, betas))
-
-    def _stack_state(self, sources: list[torch.Tensor], key: str) -> torch.Tensor:
-        rows = [s.optimizer.state.get(p, {}).get(key) for s, p in zip(self.states, sources)]
-        return torch.stack([torch.zeros_like(p) if row is None else row for p, row in zip(sources, rows)])
-
-    @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor]) -> None:
-        if self.adam:
-            self.t = [t + 1 for t in self.t]
-            self.t_dev += 1
-            dtype = self.lr.dtype
-            step_size = (self.lr64 / (1 - self.beta64 ** self.t_dev)).to(dtype)
-            bc2_sqrt = (1 - ADAM_BETA2 ** self.t_dev).sqrt().to(dtype)
-        for name, p in self.params.items():
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            d = grads[name] + self.wd.view(shape) * p if self.decay else grads[name]
-            if self.adam:
-                m1, m2 = self.buffers["exp_avg"][name], self.buffers["exp_avg_sq"][name]
-                m1.lerp_(d, (1 - self.beta).view(shape))
-                m2.mul_(ADAM_BETA2).addcmul_(d, d, value=1 - ADAM_BETA2)
-                denom = (m2.sqrt() / bc2_sqrt.view(shape)).add_(ADAM_EPS)
-                p.sub_(step_size.view(shape) * m1 / denom)
-            else:
-                buf = self.buffers["momentum_buffer"][name]
-                buf.mul_(self.beta.view(shape)).add_(d)
-                p.sub_(self.lr.view(shape) * buf)
-
-    @torch.no_grad()
-    def write_back(self) -> None:
-        """Each run's slice back into its own model and optimizer state, as torch would hold it."""
-        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-        for name, sources in zip(self.params, self.sources):
-            for r, (state, p) in enumerate(zip(self.states, sources)):
-                p.copy_(self.params[name][r])
-                if self.adam:
-                    state.optimizer.state[p] = {"step": torch.tensor(self.t[r], dtype=scalar),
-                                                "exp_avg": self.buffers["exp_avg"][name][r].clone(),
-                                                "exp_avg_sq": self.buffers["exp_avg_sq"][name][r].clone()}
-                elif state.spec.train.momentum != 0:  # torch keeps no state without momentum
-                    state.optimizer.state[p] = {"momentum_buffer": self.buffers["momentum_buffer"][name][r].clone()}
+@torch.no_grad()
+def _write_back(states: Sequence[RunState], params: dict[str, torch.Tensor], optimizer: Optimizer) -> None:
+    """Each run's slice back into its own model and optimizer."""
+    for name, stacked in params.items():
+        for r, state in enumerate(states):
+            state.params[name].copy_(stacked[r])
+    optimizer.unstack_into([s.optimizer for s in states])

@@ -1,10 +1,12 @@
 """The training loop. Its unit of work is a *pack*: runs that share dataset and model shape,
-trained on one device. Each epoch emits one metrics row per run through `on_epoch`, and every
-`checkpoint_every` epochs a checkpoint through `on_checkpoint`; the loop writes no files.
+trained on one device. Each epoch emits one metrics row per run through `on_epoch`, and at each
+run's checkpoint cadence (`checkpoint_every`: epochs or seconds) a snapshot of its state, already
+copied off the device, through `on_checkpoint`; the loop writes no files and serializes nothing.
 
 Runs train side by side, one model each, epoch by epoch; where stacking is on (CUDA by default),
-the stackable runs of a pack train each epoch as one stacked model (tasks/stacked.py) and every
-run keeps its own model, optimizer state, measurement and checkpoints."""
+the stackable runs of a pack train and are measured each epoch as one stacked model
+(tasks/stacked.py), and every run keeps its own model, optimizer state, probes and checkpoints.
+Both loops share one augmentation, one loss and one optimizer (tasks/batches.py, tasks/optim.py)."""
 
 from __future__ import annotations
 
@@ -18,18 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from rethink.errors import RethinkError, SpecError
 from rethink.tasks import checkpoint
-from rethink.tasks.batches import augment
+from rethink.tasks.batches import augment, smoothed_cross_entropy
 from rethink.tasks.corruption import corrupt, noisy_labels
 from rethink.tasks.data import Dataset, load_dataset, stratified_indices
-from rethink.tasks.evaluate import Normalizer, measure, measure_train
+from rethink.tasks.evaluate import Normalizer, Split, measure_split, split_metrics
 from rethink.tasks.models import build_model
+from rethink.tasks.optim import Optimizer
 from rethink.tasks.probes import PROBE_COLUMNS, PROBE_SIZE, measure_probes
-from rethink.tasks.spec import RunSpec
-from rethink.tasks.stacked import Stacker, StackOptions, resolve_stacking
+from rethink.tasks.spec import RunSpec, checkpoint_cadence
+from rethink.tasks.stacked import StackedEpoch, Stacker, StackOptions, resolve_stacking
+from rethink.tasks.timing import Stopwatch
 
 # The columns of one epoch row, in order (DESIGN.md's `epochs` view, plus the held-out split).
 EPOCH_COLUMNS = (
@@ -40,7 +43,8 @@ EPOCH_COLUMNS = (
 TIMING_COLUMNS = ("wall_s", "examples_per_s")  # the only columns that differ between reruns
 
 OnEpoch = Callable[[str, dict], None]  # (run_id, row)
-OnCheckpoint = Callable[[str, int, bytes], None]  # (run_id, epoch, checkpoint bytes)
+OnCheckpoint = Callable[[str, int, dict], None]  # (run_id, epoch, state on the host: checkpoint.dumps it)
+SPLITS = ("train", "test", "val")
 
 
 @dataclass
@@ -73,16 +77,25 @@ def train_pack(
     *,
     on_epoch: OnEpoch,
     on_checkpoint: OnCheckpoint | None = None,
-    resume: dict[str, bytes] | None = None,
+    resume: dict[str, bytes | dict] | None = None,
     device: torch.device | str | None = None,
     dataset: Dataset | None = None,
     stack: bool | StackOptions | None = None,
     dtype: torch.dtype = torch.float32,
+    final_checkpoint: bool = True,
+    stopwatch: Stopwatch | None = None,
+    on_epoch_end: Callable[[], None] | None = None,
+    on_end: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
     """Train every run of the pack to its end; a run that fails or stops early drops out and the
-    others go on. `resume` maps run ids to checkpoint bytes to start from. `stack`: train the
-    stackable runs as one stacked model (tasks/stacked.py); None = on CUDA or $RETHINK_STACK.
-    `dtype`: of models and inputs (float64 for the equivalence tests)."""
+    others go on. `resume` maps run ids to a checkpoint (bytes, or a state `checkpoint.loads`
+    gave) to start from. `stack`: train the stackable runs as one stacked model
+    (tasks/stacked.py); None = on CUDA or $RETHINK_STACK. `dtype`: of models and inputs (float64
+    for the equivalence tests). `final_checkpoint`: also snapshot each run when it ends (`rethink
+    train` keeps it; a store deletes a finished run's checkpoints, so its worker asks for none).
+    `stopwatch`: where the seconds of training, measuring, probing and snapshots add up.
+    `on_epoch_end()`: after each epoch of the whole pack (a writer batches its work there; if it
+    raises, the pack stops). `on_end(outcome)`: as each run leaves the pack, done or failed."""
     if not runs:
         return []
     keys = {run.pack_key for run in runs}
@@ -91,6 +104,7 @@ def train_pack(
     device = torch.device(device) if device is not None else default_device()
     dataset = dataset or load_dataset(runs[0].data, data_dir)
     resume = resume or {}
+    watch = stopwatch or Stopwatch()
     on_device: dict[int, torch.Tensor] = {}  # tensors shared by runs (e.g. clean images) move once
     states: list[RunState] = []
     outcomes: dict[str, RunOutcome] = {}
@@ -102,26 +116,42 @@ def train_pack(
             states.append(state)
         except Exception as exc:  # one bad run must not sink the pack
             outcomes[spec.run_id] = _failed(spec.run_id, 0, exc)
+    for outcome in list(outcomes.values()) if on_end else ():  # failed before training
+        on_end(outcome)
     active = [s for s in states if not s.finished]
+    for state in states:
+        if state.finished:  # resumed from its final checkpoint: nothing left to train
+            _ended(outcomes, state.outcome(), on_end)
     options = resolve_stacking(stack, device)
-    stacker = Stacker(options) if options is not None else None
+    stacker = Stacker(options, watch) if options is not None else None
+    for state in active:
+        state.checkpointed_at = time.monotonic()
     while active:
-        trained = stacker.train_epoch(active) if stacker else {}  # {run_id: seconds} trained stacked
+        stacked = stacker.train_epoch(active) if stacker else {}  # {run_id: StackedEpoch}, trained and measured
         for state in list(active):
             try:
-                row = state.run_epoch(trained.get(state.run_id))
+                row = state.run_epoch(stacked.get(state.run_id), watch)
                 on_epoch(state.run_id, row)  # a callback may raise to stop this run alone
-                if on_checkpoint and (state.finished or state.epoch % state.spec.train.checkpoint_every == 0):
-                    on_checkpoint(state.run_id, state.epoch, state.dump())
+                if on_checkpoint and state.checkpoint_due(final_checkpoint):
+                    with watch.part("snapshot"):
+                        snapshot = state.snapshot()
+                    on_checkpoint(state.run_id, state.epoch, snapshot)
             except Exception as exc:
-                outcomes[state.run_id] = _failed(state.run_id, state.epoch, exc)
                 active.remove(state)
+                _ended(outcomes, _failed(state.run_id, state.epoch, exc), on_end)
                 continue
             if state.finished:
                 active.remove(state)
-    for state in states:
-        outcomes.setdefault(state.run_id, state.outcome())
+                _ended(outcomes, state.outcome(), on_end)
+        if on_epoch_end:
+            on_epoch_end()
     return [outcomes[run.run_id] for run in runs]
+
+
+def _ended(outcomes: dict[str, RunOutcome], outcome: RunOutcome, on_end: Callable[[RunOutcome], None] | None) -> None:
+    outcomes[outcome.run_id] = outcome
+    if on_end:
+        on_end(outcome)
 
 
 def _failed(run_id: str, epoch: int, exc: BaseException) -> RunOutcome:
@@ -162,6 +192,11 @@ class RunState:
             self.val_images = self.val_labels = None
         self.images, self.labels, self.true_labels, self.corrupted = images, labels, true_labels, corrupted
         self.test_images, self.test_labels = put(data.test.images), put(data.test.labels)
+        self.splits: dict[str, Split | None] = {
+            "train": Split("train", images, labels, true_labels, corrupted, int(corrupted.sum())),
+            "test": Split("test", self.test_images, self.test_labels),
+            "val": None if self.val_images is None else Split("val", self.val_images, self.val_labels),
+        }
         if spec.train.probe_every:  # a fixed seeded probe batch from the training set, its labels as trained
             pick = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(derive_seed(seed, "probe")))
             pick = pick[:PROBE_SIZE].to(device)
@@ -178,14 +213,10 @@ class RunState:
             init_scale=spec.init_scale, dropout=reg.dropout, batch_norm=reg.batch_norm,
         ).to(device=device, dtype=dtype)
         t = spec.train
-        if t.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=reg.weight_decay
-            )
-        else:
-            self.optimizer = torch.optim.Adam(
-                self.model.parameters(), lr=t.lr, betas=(t.momentum, 0.999), weight_decay=reg.weight_decay
-            )
+        self.params = dict(self.model.named_parameters())
+        self.optimizer = Optimizer(t.optimizer, self.params, t.lr, t.momentum, reg.weight_decay)
+        self.checkpoint_epochs, self.checkpoint_seconds = checkpoint_cadence(t.checkpoint_every)
+        self.checkpointed_at = time.monotonic()  # when the last snapshot was taken (or training began)
         self.generator = torch.Generator(device=device)  # data order, augmentation, label noise
         self.generator.manual_seed(derive_seed(seed, "data"))
         self.torch_rng = torch.get_rng_state()  # dropout's stream (CPU), owned by this run
@@ -222,30 +253,35 @@ class RunState:
         """The learning rate of the epoch about to be trained."""
         return self.spec.train.lr * self.spec.train.lr_decay ** self.epoch
 
-    def run_epoch(self, trained_s: float | None = None) -> dict:
-        """Train one epoch, measure, decide whether to stop; return the epoch's row. `trained_s`:
-        the epoch was already trained, in that many seconds, by a stacked pack (tasks/stacked.py)."""
+    def run_epoch(self, stacked: StackedEpoch | None = None, watch: Stopwatch | None = None) -> dict:
+        """Train one epoch, measure, decide whether to stop; return the epoch's row. `stacked`: a
+        stacked pack (tasks/stacked.py) already trained this epoch and computed its logits."""
+        watch = watch or Stopwatch()
         spec, t, reg = self.spec, self.spec.train, self.spec.regularizer
         lr = self.epoch_lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        start = time.perf_counter() - (trained_s or 0.0)
-        if trained_s is None:
-            with self._own_rng():
-                self._train_one_epoch(t.batch_size, reg.augment, reg.label_smoothing)
-            self._sync()
-        train_s = time.perf_counter() - start
+        self.optimizer.set_lr(lr)
+        start = time.perf_counter() - (stacked.seconds if stacked else 0.0)
+        train_s = stacked.train_seconds if stacked else None
+        if stacked is None:
+            with watch.part("train"):
+                with self._own_rng():
+                    self._train_one_epoch(t.batch_size, reg.augment, reg.label_smoothing)
+                self._sync()
+            train_s = time.perf_counter() - start
         self.epoch += 1
         row: dict = {"run_id": self.run_id, "epoch": self.epoch, "step": self.step, "lr": lr}
-        row |= measure_train(self.model, self.images, self.labels, self.true_labels, self.corrupted, self.normalize)
-        row |= measure(self.model, self.test_images, self.test_labels, self.normalize, "test")
+        with watch.part("measure"):
+            for name in SPLITS:
+                if stacked is not None and stacked.logits is not None:
+                    split = self.splits[name]
+                    row |= split_metrics(split, stacked.logits.get(name)) if split else measure_split(
+                        self.model, None, self.normalize, name)
+                else:
+                    row |= measure_split(self.model, self.splits[name], self.normalize, name)
         row["gap"] = row["train_acc"] - row["test_acc"]
-        if self.val_images is not None:
-            row |= measure(self.model, self.val_images, self.val_labels, self.normalize, "val")
-        else:
-            row |= {"val_loss": None, "val_acc": None}
         if t.probe_every and self.epoch % t.probe_every == 0:
-            row |= measure_probes(self.model, self.normalize(self.probe_images), self.probe_labels)
+            with watch.part("probe"):
+                row |= measure_probes(self.model, self.normalize(self.probe_images), self.probe_labels)
         self._sync()
         row["wall_s"] = time.perf_counter() - start
         row["examples_per_s"] = len(self.labels) / train_s if train_s > 0 else None
@@ -256,6 +292,7 @@ class RunState:
         self.model.train()
         noise = self.spec.corruption.level if self.spec.corruption.kind == "label_noise" else 0.0
         order = torch.randperm(len(self.labels), generator=self.generator, device=self.device)
+        params = list(self.params.values())
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             x, y = self.images[idx], self.labels[idx]
@@ -263,11 +300,18 @@ class RunState:
                 y = noisy_labels(y, noise, self.num_classes, self.generator)
             if augmented:
                 x = augment(x, self.generator)
-            loss = F.cross_entropy(self.model(self.normalize(x)), y, label_smoothing=label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss = smoothed_cross_entropy(self.model(self.normalize(x)), y, label_smoothing)
+            grads = torch.autograd.grad(loss, params)
+            self.optimizer.step(dict(zip(self.params, grads)))
             self.step += 1
+
+    def checkpoint_due(self, at_finish: bool) -> bool:
+        """After an epoch: is a snapshot due by the run's cadence (or because it ended)?"""
+        if self.finished:
+            return at_finish
+        if self.checkpoint_epochs is not None:
+            return self.epoch % self.checkpoint_epochs == 0
+        return time.monotonic() - self.checkpointed_at >= self.checkpoint_seconds
 
     def _update_progress(self, row: dict) -> None:
         if self.epochs_to_fit is None and row["train_acc"] >= self.spec.train.fit_threshold:
@@ -301,24 +345,48 @@ class RunState:
     PROGRESS = ("epoch", "step", "epochs_to_fit", "steps_to_fit", "best_test_acc", "best_val_acc",
                 "epochs_since_best", "stop_reason")
 
-    def dump(self) -> bytes:
-        return checkpoint.dumps({
-            "run": self.spec.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": {"torch": self.torch_rng, "cuda": self.cuda_rng, "data": self.generator.get_state()},
+    def snapshot(self) -> dict:
+        """The run's state copied to the host, safe to serialize on another thread while this
+        run trains on: tensors, numbers and strings only (`checkpoint.loads` refuses the rest)."""
+        self.checkpointed_at = time.monotonic()
+        return {
+            "run": self.spec.identity(),
+            "model": {k: _host_copy(v) for k, v in self.model.state_dict().items()},
+            "optimizer": _host_tree(self.optimizer.state_dict()),
+            "rng": {"torch": self.torch_rng.clone(), "cuda": None if self.cuda_rng is None else self.cuda_rng.clone(),
+                    "data": self.generator.get_state()},
             "progress": {name: getattr(self, name) for name in self.PROGRESS},
-        })
+        }
 
-    def load(self, blob: bytes) -> None:
-        state = checkpoint.loads(blob)
-        if state["run"] != self.spec.to_dict():
+    def dump(self) -> bytes:
+        return checkpoint.dumps(self.snapshot())
+
+    def load(self, saved: bytes | dict) -> None:
+        """Continue from a checkpoint (its bytes, or the state `checkpoint.loads` made of them)."""
+        state = checkpoint.loads(saved) if isinstance(saved, (bytes, bytearray, memoryview)) else saved
+        if state.get("run") != self.spec.identity():
             raise checkpoint.CheckpointError("checkpoint belongs to a different run config")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise checkpoint.CheckpointError(f"checkpoint's optimizer state does not fit: {exc}") from None
         self.torch_rng = state["rng"]["torch"]
         if self.cuda_rng is not None and state["rng"]["cuda"] is not None:
             self.cuda_rng = state["rng"]["cuda"]
         self.generator.set_state(state["rng"]["data"])
         for name, value in state["progress"].items():
             setattr(self, name, value)
+
+
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy on the host that training can no longer change."""
+    return t.detach().to("cpu", copy=True)
+
+
+def _host_tree(tree):
+    if isinstance(tree, torch.Tensor):
+        return _host_copy(tree)
+    if isinstance(tree, dict):
+        return {k: _host_tree(v) for k, v in tree.items()}
+    return tree

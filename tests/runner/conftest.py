@@ -21,7 +21,7 @@ corruption:
   - none
   - {{kind: labels, level: [0.5, 1.0]}}
 seed: [0, 1]
-train: {{epochs: {epochs}, batch_size: 32, lr: 0.01}}
+train: {{epochs: {epochs}, batch_size: 32, lr: 0.01, checkpoint_every: 1}}
 resources: {{cpus: 1, gpus: 0}}
 """
 
@@ -33,7 +33,7 @@ data: {{train_size: 800, test_size: 200, image_size: 32}}
 model: mlp3x512
 corruption: [none, {{kind: labels, level: 1.0}}]
 seed: [0, 1]
-train: {{epochs: {epochs}, batch_size: 32, lr: 0.01}}
+train: {{epochs: {epochs}, batch_size: 32, lr: 0.01, checkpoint_every: 1}}
 resources: {{cpus: 1, gpus: 0}}
 """
 

@@ -13,6 +13,7 @@ from rethink.runner.grid import parse_grid
 from rethink.runner.worker import run_pack
 from rethink.storage.store import Store
 from rethink.storage.views import connect
+from rethink.tasks import checkpoint
 from rethink.tasks.train import TIMING_COLUMNS, train_pack
 
 from .conftest import SLOW_GRID, TINY_GRID, sql
@@ -89,7 +90,7 @@ def test_damaged_checkpoint_and_rows_are_detected_and_the_run_redone(tmp_path):
     run = grid.runs[0]
     rows, ckpts = [], {}
     train_pack([run], "unused", device="cpu", on_epoch=lambda _, r: rows.append(r),
-               on_checkpoint=lambda _, e, b: ckpts.__setitem__(e, b))
+               on_checkpoint=lambda _, e, state: ckpts.__setitem__(e, checkpoint.dumps(state)))
     store = Store.open(tmp_path, create=True)
     store.save_experiment("damaged", grid.text, [])
     # an interrupted attempt: rows of epochs 1-4, checkpoints 3 and 4, the newest truncated

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from rethink.tasks import probes
+from rethink.tasks import checkpoint, probes
 from rethink.tasks.models import build_model
 from rethink.tasks.spec import DataSpec, RegularizerSpec, RunSpec, TrainSpec
 from rethink.tasks.train import TIMING_COLUMNS, train_pack
@@ -242,7 +242,7 @@ def train_rows(run: RunSpec, **kwargs) -> tuple[list[dict], dict[int, bytes]]:
     ckpts: dict[int, bytes] = {}
     (outcome,) = train_pack(
         [run], "unused", device="cpu", on_epoch=lambda _rid, row: rows.append(row),
-        on_checkpoint=lambda _rid, epoch, blob: ckpts.__setitem__(epoch, blob), **kwargs,
+        on_checkpoint=lambda _rid, epoch, state: ckpts.__setitem__(epoch, checkpoint.dumps(state)), **kwargs,
     )
     assert outcome.status == "done", outcome.error
     return rows, ckpts
@@ -252,7 +252,7 @@ def test_training_probes_every_k_epochs_without_changing_training():
     run = RunSpec(
         data=DataSpec(dataset="synthetic", train_size=200, test_size=100, image_size=8, num_classes=3),
         model="mlp1x512", width=0.05, regularizer=RegularizerSpec(dropout=0.3),
-        train=TrainSpec(epochs=4, batch_size=32, lr=0.01, probe_every=2),
+        train=TrainSpec(epochs=4, batch_size=32, lr=0.01, probe_every=2, checkpoint_every=1),
     )
     probed, ckpts = train_rows(run)
     plain, _ = train_rows(dataclasses.replace(run, train=dataclasses.replace(run.train, probe_every=0)))

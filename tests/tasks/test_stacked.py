@@ -31,7 +31,7 @@ def one_thread():
 
 
 def spec(lr: float = 0.01, momentum: float = 0.9, optimizer: str = "sgd", epochs: int = 4, **changes) -> RunSpec:
-    train = TrainSpec(epochs=epochs, batch_size=32, lr=lr, momentum=momentum, optimizer=optimizer)
+    train = TrainSpec(epochs=epochs, batch_size=32, lr=lr, momentum=momentum, optimizer=optimizer, checkpoint_every=1)
     return dataclasses.replace(RunSpec(data=SMALL, model="mlp1x512", width=0.25, train=train), **changes)
 
 
@@ -52,7 +52,7 @@ def collect(runs, stack, **kwargs):
     outcomes = train_pack(
         runs, "unused", device="cpu", stack=stack, dtype=torch.float64,
         on_epoch=lambda rid, row: rows.setdefault(rid, []).append(row),
-        on_checkpoint=lambda rid, epoch, blob: ckpts.__setitem__((rid, epoch), blob),
+        on_checkpoint=lambda rid, epoch, state: ckpts.__setitem__((rid, epoch), checkpoint.dumps(state)),
         **kwargs,
     )
     return rows, ckpts, outcomes
@@ -102,12 +102,12 @@ def test_a_stacked_pack_matches_its_runs_trained_alone(optimizer):
         theirs = checkpoint.loads(reference[run.run_id][1][(run.run_id, 4)])
         for key, value in mine["model"].items():
             torch.testing.assert_close(value, theirs["model"][key], rtol=1e-9, atol=1e-12)
-        assert mine["optimizer"]["state"].keys() == theirs["optimizer"]["state"].keys()
-        for index, slot in mine["optimizer"]["state"].items():
-            assert slot.keys() == theirs["optimizer"]["state"][index].keys()
-            for key, value in slot.items():  # momentum buffers; Adam's moments and step
-                torch.testing.assert_close(value, theirs["optimizer"]["state"][index][key], rtol=1e-9, atol=1e-12)
-        assert mine["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
+        assert mine["optimizer"]["buffers"].keys() == theirs["optimizer"]["buffers"].keys()
+        for key, buffers in mine["optimizer"]["buffers"].items():  # momentum buffers; Adam's moments
+            assert buffers.keys() == theirs["optimizer"]["buffers"][key].keys()
+            for name, value in buffers.items():
+                torch.testing.assert_close(value, theirs["optimizer"]["buffers"][key][name], rtol=1e-9, atol=1e-12)
+        assert mine["optimizer"]["steps"].equal(theirs["optimizer"]["steps"])
         assert mine["progress"] == theirs["progress"] and mine["rng"]["data"].equal(theirs["rng"]["data"])
 
 

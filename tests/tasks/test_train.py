@@ -18,7 +18,7 @@ SMALL = DataSpec(dataset="synthetic", train_size=200, test_size=100, image_size=
 
 
 def spec(**changes) -> RunSpec:
-    base = RunSpec(data=SMALL, model="mlp1x512", train=TrainSpec(epochs=4, batch_size=32, lr=0.01))
+    base = RunSpec(data=SMALL, model="mlp1x512", train=TrainSpec(epochs=4, batch_size=32, lr=0.01, checkpoint_every=1))
     return dataclasses.replace(base, **changes)
 
 
@@ -28,7 +28,7 @@ def collect(runs, **kwargs):
     outcomes = train_pack(
         runs, "unused", device="cpu",
         on_epoch=lambda rid, row: rows.setdefault(rid, []).append(row),
-        on_checkpoint=lambda rid, epoch, blob: ckpts.__setitem__((rid, epoch), blob),
+        on_checkpoint=lambda rid, epoch, state: ckpts.__setitem__((rid, epoch), checkpoint.dumps(state)),
         **kwargs,
     )
     return rows, ckpts, outcomes

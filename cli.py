@@ -86,7 +86,7 @@ def train(
     width: float = 1.0,
     init_scale: float = 1.0,
     fit_threshold: float = 0.99,
-    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint file: resumed from if present, written every epoch")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint file: resumed from if present, written at the run's checkpoint cadence and at its end")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N; default cuda when available")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per epoch on stdout instead of the table")] = False,
     data_dir: DataDir = None,

@@ -13,21 +13,30 @@ Workloads (CIFAR-shaped synthetic data, 50,000 x 3x32x32 uint8 by default; label
     extrapolated to every run and epoch (all runs of a workload cost the same).
 (b) engine: `rethink.tasks.train.train_pack` with stacking on, every run in full, measuring
     train and test metrics after each epoch (more work per epoch than the reference does).
+(c) end to end (--submit): the same grid through `rethink submit --pack-size N` in a fresh
+    process into a local store (Ray, the driver, claims, epoch rows, status, checkpoints on the
+    background writer): the figure a researcher gets. Bookkeeping share = (wall - training -
+    measuring) / wall, training and measuring from the task's own stopwatch ($RETHINK_TIMINGS).
 MFU: training FLOPs (forward + backward, counted by FlopCounterMode) per second over the peak
 of a large bf16 matmul measured on the same device.
 
-Runs from a plain checkout (no install; needs torch and numpy only, never ray or duckdb): the
+Runs from a plain checkout (no install; needs torch and numpy only, never ray or duckdb, except
+--submit, which needs ray and duckdb: ../shared/tools/device-wheels.sh --with-duckdb): the
 repository root is the package `rethink`, so this script links it as `rethink` in a temporary
-directory on sys.path when it is not importable already."""
+directory on sys.path when it is not importable already (and hands that path to `rethink submit`).
+
+    python bench/gpu.py --workload all --submit             # a, b and c on the GPU machine"""
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                    help="torch.backends.cudnn.benchmark, for both loops")
     p.add_argument("--skip-reference", action="store_true", help="time the engine only")
+    p.add_argument("--submit", action=argparse.BooleanOptionalAction, default=False,
+                   help="also end to end through `rethink submit` (needs ray and duckdb)")
     return p.parse_args(argv)
 
 
@@ -77,6 +88,7 @@ def import_rethink() -> None:
     (parent / "rethink").symlink_to(REPO, target_is_directory=True)
     atexit.register(shutil.rmtree, parent, True)  # removes the link, never what it points to
     sys.path.insert(0, str(parent))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(parent), os.environ.get("PYTHONPATH")]))
 
 
 # ---- measuring the device ---------------------------------------------------------------------
@@ -244,6 +256,52 @@ def engine_run(runs, dataset, device, args) -> tuple[float, float, int, float, i
     return seconds, train_s, sum(map(len, rows.values())), accuracy, size
 
 
+# ---- (c) end to end ----------------------------------------------------------------------------
+
+
+def submit_run(workload: str, runs, device, args) -> tuple[float, float, int, float, int]:
+    """`rethink submit` of the workload's grid into a fresh local store, in its own process: wall
+    seconds, training + measuring seconds (the tasks' stopwatches), run-epochs, mean final train
+    accuracy (read back from the store), pack size."""
+    import pyarrow.parquet as pq
+
+    run = runs[0]
+    size = len(runs) if args.pack_size == "all" else (0 if args.pack_size == "auto" else int(args.pack_size))
+    levels = sorted({r.corruption.level for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    gpu = device.type == "cuda"
+    grid = f"""name: bench-{workload.lower()}
+dataset: synthetic
+data: {{train_size: {run.data.train_size}, test_size: {run.data.test_size}, image_size: {run.data.image_size}}}
+model: {run.model}
+corruption:
+  - {{kind: labels, level: [{", ".join(f"{v:g}" for v in levels)}]}}
+regularizer: {json.dumps({"augment": True} if args.augment else "none")}
+seed: {json.dumps(seeds)}
+train: {{epochs: {run.train.epochs}, batch_size: {BATCH}, lr: {LR}, momentum: {MOMENTUM}, lr_decay: {LR_DECAY}}}
+resources: {{cpus: {1 if gpu else os.cpu_count()}, gpus: {1 if gpu else 0}}}
+"""
+    work = Path(tempfile.mkdtemp(prefix="rethink-bench-submit-"))
+    (work / "grid.yaml").write_text(grid)
+    env = {**os.environ, "RETHINK_TIMINGS": str(work / "timings"), "RETHINK_STACK": "1", "RETHINK_DATA": "unused"}
+    cmd = [sys.executable, "-m", "rethink.cli", "submit", str(work / "grid.yaml"), "--store", str(work / "store"),
+           "--pack-size", str(size), "--quiet"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"rethink submit failed: {done.stderr.strip()[-2000:]}")
+    tasks = [json.loads(p.read_text()) for p in (work / "timings").glob("*.json")]
+    busy = sum(t["seconds"].get("train", 0) + t["seconds"].get("measure", 0) for t in tasks)
+    rows = pq.read_table(work / "store" / "epochs").to_pylist()
+    last = {}
+    for r in rows:
+        if r["epoch"] >= last.get(r["run_id"], {}).get("epoch", 0):
+            last[r["run_id"]] = r
+    shutil.rmtree(work, ignore_errors=True)
+    return seconds, busy, len(rows), statistics.mean(r["train_acc"] for r in last.values()), size or len(runs)
+
+
 # ---- the table ------------------------------------------------------------------------------
 
 
@@ -299,9 +357,14 @@ def main(argv: list[str] | None = None) -> None:
         speedup = f"{ref_s / seconds * done / total:.2f}" if ref_s else "-"
         lines.append(row("rethink engine, stacked", seconds, done, str(size), speedup,
                          f"{100 * train_s / seconds:.0f}%", f"{acc:.3f}"))
+        if args.submit:
+            e2e, busy, done, acc, size = submit_run(workload, runs, device, args)
+            speedup = f"{ref_s / e2e * done / total:.2f}" if ref_s else "-"
+            lines.append(row(f"rethink submit, end to end (bookkeeping share {100 * (e2e - busy) / e2e:.0f}%)",
+                             e2e, done, str(size), speedup, "-", f"{acc:.3f}"))
         print(f"{workload}: {flops / 1e6:.1f} MFLOP per image (forward + backward)", flush=True)
     print("\n" + "\n".join(lines))
-    leaked = [m for m in ("ray", "duckdb") if m in sys.modules]
+    leaked = [m for m in ("ray", "duckdb") if m in sys.modules]  # --submit runs them in another process
     assert not leaked, f"bench imported {leaked}: it must run where only torch is installed"
 
 

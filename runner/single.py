@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rethink.runner.console import EpochTable
 from rethink.storage.atomic import write_bytes
+from rethink.tasks.checkpoint import dumps
 from rethink.tasks.train import RunOutcome, train_pack
 from rethink.tasks.spec import RunSpec
 
@@ -25,9 +26,9 @@ def run_one(
     With `checkpoint`, resume from that file when it exists and rewrite it atomically."""
     resume = {spec.run_id: checkpoint.read_bytes()} if checkpoint and checkpoint.exists() else None
 
-    def save(run_id: str, epoch: int, blob: bytes) -> None:
+    def save(run_id: str, epoch: int, state: dict) -> None:
         if checkpoint:
-            write_bytes(checkpoint, blob)
+            write_bytes(checkpoint, dumps(state))
 
     def print_json(run_id: str, row: dict) -> None:
         print(json.dumps(row), flush=True)

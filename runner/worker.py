@@ -39,7 +39,7 @@ def run_pack(
     store_uri: str, experiment: str, configs: list[dict], data_dir: str, token: str, threads: int = 0
 ) -> list[dict]:
     """Train the runs in `configs` (RunSpec dicts) that are not done and not owned elsewhere."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     if threads:
         import torch
 
@@ -100,7 +100,7 @@ def run_pack(
                 writer.close()
         except Exception as exc:  # a write failed: say so in every run not yet told, if the store lets us
             _fail_unfinished(store, results, [s.run_id for s in specs], _one_line(exc))
-        _save_timings(watch, token, time.perf_counter() - started, len(specs))
+        _save_timings(watch, token, started_at, time.perf_counter() - started, len(specs))
     return [asdict(r) for r in results.values()]
 
 
@@ -163,12 +163,13 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
 
 
-def _save_timings(watch: Stopwatch, token: str, wall_s: float, runs: int) -> None:
+def _save_timings(watch: Stopwatch, token: str, started_at: float, wall_s: float, runs: int) -> None:
     """With $RETHINK_TIMINGS set (bench/overhead.py sets it), where this task's seconds went."""
     folder = os.environ.get(TIMINGS_ENV)
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        Path(folder, f"{token}.json").write_text(json.dumps(watch.as_dict() | {"wall_s": wall_s, "runs": runs}))
+        Path(folder, f"{token}.json").write_text(json.dumps(
+            watch.as_dict() | {"started_at": started_at, "wall_s": wall_s, "runs": runs, "pid": os.getpid()}))
 
 
 def _resume_point(store: Store, spec: RunSpec) -> tuple[int, dict | None, list[dict], list[str]]:

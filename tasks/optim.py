@@ -22,53 +22,74 @@ BUFFERS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
 
 class Optimizer:
     """One optimizer over `params` (name -> tensor, updated in place). `lr`, `momentum` (beta1
-    for Adam) and `weight_decay` are floats (one run) or (R,) sequences (a stack of R runs)."""
+    for Adam) and `weight_decay` are floats (one run) or (R,) sequences (a stack of R runs).
+    One run steps with Python-float coefficients, in torch.optim's own in-place ops; a stack
+    broadcasts (R, 1, ...) coefficient tensors through the same ops."""
 
     def __init__(self, kind: str, params: dict[str, torch.Tensor], lr: float | Sequence[float],
                  momentum: float | Sequence[float], weight_decay: float | Sequence[float]) -> None:
         self.kind, self.params = kind, params
         first = next(iter(params.values()))
         self.stacked = not isinstance(lr, (int, float))
-        self.runs = len(lr) if self.stacked else None
-        like = dict(dtype=first.dtype, device=first.device)
-        self.momentum = torch.tensor(momentum, **like)
-        self.beta1 = torch.tensor(momentum, dtype=torch.float64, device=first.device)  # Adam's bias correction
-        self.weight_decay = torch.tensor(weight_decay, **like)
-        self.decay = bool((self.weight_decay != 0).any())  # torch adds wd*p only where wd != 0
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.decay = any(weight_decay) if self.stacked else weight_decay != 0  # torch adds wd*p only where wd != 0
+        if self.stacked:
+            like = dict(dtype=first.dtype, device=first.device)
+            self._beta1 = torch.tensor(momentum, dtype=torch.float64, device=first.device)  # Adam's bias correction
+            self._coef = {name: {"m": _per_run(momentum, p, like), "1-m": _per_run([1 - m for m in momentum], p, like),
+                                 "wd": _per_run(weight_decay, p, like)} for name, p in params.items()}
         self.buffers = {key: {name: torch.zeros_like(p) for name, p in params.items()} for key in BUFFERS[kind]}
-        shape = (self.runs,) if self.stacked else ()
-        self.steps = torch.zeros(shape, dtype=torch.float64, device=first.device)  # Adam's t, per run
+        self.steps = torch.zeros((len(lr),) if self.stacked else (), dtype=torch.float64, device=first.device)
         self.set_lr(lr)
 
     def set_lr(self, lr: float | Sequence[float]) -> None:
-        """The learning rate(s) of the coming steps; float64 as torch computes Adam's step size."""
-        self.lr = torch.tensor(lr, dtype=torch.float64, device=self.steps.device)
-
-    def _view(self, value: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return value.view((-1,) + (1,) * (p.dim() - 1)) if self.stacked else value
+        """The learning rate(s) of the coming steps (float64, as torch computes Adam's step size)."""
+        self.lr = torch.tensor(lr, dtype=torch.float64, device=self.steps.device) if self.stacked else float(lr)
+        self._neg_lr: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def step(self, grads: dict[str, torch.Tensor]) -> None:
+        if self.stacked:
+            self._step_stacked(grads)
+            return
+        lr, m, wd = self.lr, self.momentum, self.weight_decay
+        if self.kind == "adam":
+            self.steps += 1
+            t = float(self.steps)
+            step_size, bias2_sqrt = lr / (1 - m**t), (1 - ADAM_BETA2**t) ** 0.5
+        for name, p in self.params.items():
+            d = grads[name].add(p, alpha=wd) if self.decay else grads[name]
+            if self.kind == "adam":
+                m1, m2 = self.buffers["exp_avg"][name], self.buffers["exp_avg_sq"][name]
+                m1.lerp_(d, 1 - m)
+                m2.mul_(ADAM_BETA2).addcmul_(d, d, value=1 - ADAM_BETA2)
+                p.addcdiv_(m1, (m2.sqrt() / bias2_sqrt).add_(ADAM_EPS), value=-step_size)
+            else:
+                buf = self.buffers["momentum_buffer"][name]
+                buf.mul_(m).add_(d)
+                p.add_(buf, alpha=-lr)
+
+    def _step_stacked(self, grads: dict[str, torch.Tensor]) -> None:
         dtype = next(iter(self.params.values())).dtype
         if self.kind == "adam":
             self.steps += 1
-            step_size = (self.lr / (1 - self.beta1 ** self.steps)).to(dtype)
-            bias2_sqrt = (1 - ADAM_BETA2 ** self.steps).sqrt().to(dtype)
-        else:
-            lr = self.lr.to(dtype)
+            step_size = (-self.lr / (1 - self._beta1**self.steps)).to(dtype)
+            bias2_sqrt = (1 - ADAM_BETA2**self.steps).sqrt().to(dtype)
+        elif not self._neg_lr:
+            self._neg_lr = {n: (-self.lr).to(dtype).view(_run_axis(p)) for n, p in self.params.items()}
         for name, p in self.params.items():
-            g = grads[name]
-            d = g + self._view(self.weight_decay, p) * p if self.decay else g
+            coef = self._coef[name]
+            d = torch.addcmul(grads[name], p, coef["wd"]) if self.decay else grads[name]
             if self.kind == "adam":
                 m1, m2 = self.buffers["exp_avg"][name], self.buffers["exp_avg_sq"][name]
-                m1.lerp_(d, self._view(1 - self.momentum, p))
+                m1.lerp_(d, coef["1-m"])
                 m2.mul_(ADAM_BETA2).addcmul_(d, d, value=1 - ADAM_BETA2)
-                denom = (m2.sqrt() / self._view(bias2_sqrt, p)).add_(ADAM_EPS)
-                p.sub_(self._view(step_size, p) * m1 / denom)
+                denom = (m2.sqrt() / bias2_sqrt.view(_run_axis(p))).add_(ADAM_EPS)
+                p.addcmul_(m1 / denom, step_size.view(_run_axis(p)))
             else:
                 buf = self.buffers["momentum_buffer"][name]
-                buf.mul_(self._view(self.momentum, p)).add_(d)
-                p.sub_(self._view(lr, p) * buf)
+                buf.mul_(coef["m"]).add_(d)
+                p.addcmul_(buf, self._neg_lr[name])
 
     # -- one run's state, for checkpoints and for stacking ----------------------------------------
 
@@ -101,3 +122,12 @@ class Optimizer:
             for key, bufs in self.buffers.items():
                 for name, buf in bufs.items():
                     own.buffers[key][name].copy_(buf[r])
+
+
+def _run_axis(p: torch.Tensor) -> tuple[int, ...]:
+    return (-1,) + (1,) * (p.dim() - 1)
+
+
+def _per_run(values: Sequence[float], p: torch.Tensor, like: dict) -> torch.Tensor:
+    """(R,) coefficients shaped to broadcast against a stacked parameter (R, ...)."""
+    return torch.tensor(list(values), **like).view(_run_axis(p))

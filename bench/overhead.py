@@ -66,9 +66,14 @@ resources: {{cpus: {1 if gpu else os.cpu_count()}, gpus: {1 if gpu else 0}}}
 
 
 def engine(runs, args) -> tuple[float, dict]:
-    from rethink.tasks.timing import Stopwatch
     from rethink.tasks.train import train_pack
 
+    try:
+        from rethink.tasks.timing import Stopwatch
+    except ImportError:  # a checkout from before the stopwatch (for the "before" table): walls only
+        start = time.perf_counter()
+        train_pack(runs, "unused", on_epoch=lambda rid, row: None, device=args.device, stack=True)
+        return time.perf_counter() - start, {}
     watch = Stopwatch()
     start = time.perf_counter()
     train_pack(runs, "unused", on_epoch=lambda rid, row: None, device=args.device, stack=True, stopwatch=watch)
@@ -76,19 +81,20 @@ def engine(runs, args) -> tuple[float, dict]:
 
 
 def worker(runs, args, store: Path, name: str, text: str) -> tuple[float, dict]:
-    from rethink.runner.worker import TIMINGS_ENV, run_pack
+    from rethink.runner.worker import run_pack
     from rethink.storage.store import Store
 
     timings = store.parent / f"{store.name}-timings"
-    os.environ[TIMINGS_ENV] = str(timings)
+    os.environ["RETHINK_TIMINGS"] = str(timings)
     s = Store.open(store, create=True)
     s.save_experiment(name, text, [])
     start = time.perf_counter()
     token = uuid.uuid4().hex
     run_pack(str(store), name, [r.to_dict() for r in runs], "unused", token, threads=0 if args.device != "cpu" else os.cpu_count())
     wall = time.perf_counter() - start
-    del os.environ[TIMINGS_ENV]
-    return wall, json.loads((timings / f"{token}.json").read_text())["seconds"]
+    del os.environ["RETHINK_TIMINGS"]
+    saved = timings / f"{token}.json"
+    return wall, json.loads(saved.read_text())["seconds"] if saved.exists() else {}
 
 
 def submit(args, grid: Path, store: Path) -> tuple[float, dict, float]:
@@ -101,7 +107,10 @@ def submit(args, grid: Path, store: Path) -> tuple[float, dict, float]:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"rethink submit failed: {done.stderr.strip().splitlines()[-1:]}")
-    (task,) = [json.loads(p.read_text()) for p in timings.glob("*.json")]
+    tasks = [json.loads(p.read_text()) for p in timings.glob("*.json")]
+    if not tasks:  # a checkout from before the stopwatch: walls only
+        return wall, {}, None
+    (task,) = tasks
     return wall, task["seconds"], task["wall_s"]
 
 
@@ -153,13 +162,14 @@ def main() -> None:
         print(f"| {depth} | {wall:.1f} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
     print("\nms per run-epoch; checkpoint bytes and store writes run on the background writer, beside training;")
     print("'other' = the task's wall time not in a foreground part (waiting on the writer, data, setup).")
-    if "submit" in measured:
+    if "submit" in measured and measured["submit"][1]:
         wall, parts, _ = measured["submit"]
         share = (wall - parts.get("train", 0) - parts.get("measure", 0)) / wall
         print(f"\nbookkeeping share (submit) = (end-to-end - training - measuring) / end-to-end = {share:.1%}")
-        if "engine" in measured:
-            print(f"end-to-end / train_pack alone = {wall:.1f} / {measured['engine'][0]:.1f} = "
-                  f"{wall / measured['engine'][0]:.2f}")
+    if "submit" in measured and "engine" in measured:
+        wall = measured["submit"][0]
+        print(f"end-to-end / train_pack alone = {wall:.1f} / {measured['engine'][0]:.1f} = "
+              f"{wall / measured['engine'][0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ class Progress:
         self._show()
 
     def refresh(self, store, running: list[RunSpec]) -> None:
-        """Read back how far the running runs are (cheap: one small file per running run)."""
-        if time.monotonic() - self.last_refresh < REFRESH_S:
+        """Read back how far the running runs are (one small file per running run); nothing with
+        --quiet, which shows no bar: the driver leaves the CPUs to the tasks."""
+        if self.quiet or time.monotonic() - self.last_refresh < REFRESH_S:
             return
         self.last_refresh = time.monotonic()
         self.running_epochs = {}

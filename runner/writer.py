@@ -20,7 +20,7 @@ from rethink.storage.store import Store, now
 from rethink.tasks import checkpoint as ckpt
 from rethink.tasks.timing import Stopwatch
 
-ROWS_EVERY_S = 3.0  # seconds between writes of a running pack's epoch rows and status
+ROWS_EVERY_S = 5.0  # seconds between writes of a running pack's epoch rows and status
 
 
 class PackWriter:

@@ -44,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--checkpoint-every", default=None, help="train.checkpoint_every (default: rethink's)")
     p.add_argument("--depths", default="engine,worker,submit", help="which depths to time")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: time one depth, print JSON
     return p.parse_args()
 
 
@@ -114,34 +115,47 @@ def submit(args, grid: Path, store: Path) -> tuple[float, dict, float]:
     return wall, task["seconds"], task["wall_s"]
 
 
-def main() -> None:
-    args = parse_args()
-    os.environ["RETHINK_STACK"] = "1"
+def measure_one(args: argparse.Namespace, depth: str, work: Path) -> tuple[float, dict, float | None]:
+    """One depth in this process (a fresh one: the bench runs each depth in its own, so no depth
+    inherits another's threads, allocator or caches)."""
     import torch
 
     from rethink.runner.grid import parse_grid
 
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
+    name = f"overhead-{depth}"
+    text = grid_text(args, name)
+    grid = parse_grid(text, source="bench/overhead.py")
+    runs = list(grid.runs)
+    if depth == "engine":
+        wall, parts = engine(runs, args)
+        return wall, parts, None
+    if depth == "worker":
+        wall, parts = worker(runs, args, work / depth, name, grid.text)
+        return wall, parts, None
+    path = work / "grid.yaml"
+    path.write_text(text)
+    return submit(args, path, work / depth)
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ["RETHINK_STACK"] = "1"
     work = Path(tempfile.mkdtemp(prefix="rethink-overhead-"))
-    depths = args.depths.split(",")
+    if args.one:
+        print(json.dumps(measure_one(args, args.one, work)))
+        return
     measured: dict[str, tuple[float, dict, float | None]] = {}
-    for depth in depths:
-        name = f"overhead-{depth}"
-        text = grid_text(args, name)
-        grid = parse_grid(text, source="bench/overhead.py")
-        runs = list(grid.runs)
-        if depth == "engine":
-            wall, parts = engine(runs, args)
-            measured[depth] = (wall, parts, None)
-        elif depth == "worker":
-            wall, parts = worker(runs, args, work / depth, name, grid.text)
-            measured[depth] = (wall, parts, None)
-        else:
-            path = work / "grid.yaml"
-            path.write_text(text)
-            wall, parts, task_wall = submit(args, path, work / depth)
-            measured[depth] = (wall, parts, task_wall)
+    for depth in args.depths.split(","):
+        cmd = [sys.executable, __file__, "--one", depth] + [a for a in sys.argv[1:]]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"depth {depth} failed: {done.stderr.strip()[-2000:]}")
+        measured[depth] = tuple(json.loads(done.stdout.strip().splitlines()[-1]))
+    import torch
+
+    runs = [None] * (args.runs if args.runs < len(LEVELS) else len(LEVELS) * max(1, args.runs // len(LEVELS)))
     run_epochs = len(runs) * args.epochs
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     print(f"pack: {len(runs)} x {args.model}, {args.train_size} train / {args.test_size} test images, "

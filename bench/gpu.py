@@ -293,7 +293,7 @@ resources: {{cpus: {1 if gpu else os.cpu_count()}, gpus: {1 if gpu else 0}}}
         raise SystemExit(f"rethink submit failed: {done.stderr.strip()[-2000:]}")
     tasks = [json.loads(p.read_text()) for p in (work / "timings").glob("*.json")]
     busy = sum(t["seconds"].get("train", 0) + t["seconds"].get("measure", 0) for t in tasks)
-    rows = pq.read_table(work / "store" / "epochs").to_pylist()
+    rows = [r for f in sorted((work / "store" / "epochs").glob("*/*.parquet")) for r in pq.read_table(f).to_pylist()]
     last = {}
     for r in rows:
         if r["epoch"] >= last.get(r["run_id"], {}).get("epoch", 0):

@@ -27,6 +27,7 @@ from rethink.tasks.batches import augment, smoothed_cross_entropy
 from rethink.tasks.corruption import corrupt, noisy_labels
 from rethink.tasks.data import Dataset, load_dataset, stratified_indices
 from rethink.tasks.evaluate import Normalizer, Split, measure_split, split_metrics
+from rethink.tasks.memory import retain_freed_memory
 from rethink.tasks.models import build_model
 from rethink.tasks.optim import Optimizer
 from rethink.tasks.probes import PROBE_COLUMNS, PROBE_SIZE, measure_probes
@@ -102,6 +103,7 @@ def train_pack(
     if len(keys) > 1:
         raise SpecError("a pack's runs must share dataset, model shape, batch size and epochs")
     device = torch.device(device) if device is not None else default_device()
+    retain_freed_memory()
     dataset = dataset or load_dataset(runs[0].data, data_dir)
     resume = resume or {}
     watch = stopwatch or Stopwatch()

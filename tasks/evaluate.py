@@ -81,7 +81,7 @@ def split_metrics(split: Split, logits: torch.Tensor | None) -> dict[str, float 
 
 
 def measure_split(model: torch.nn.Module, split: Split | None, normalize: Normalizer,
-                  name: str = "val") -> dict[str, float | None]:
+                  name: str) -> dict[str, float | None]:
     """One model on one split; a missing split (no held-out data) gives NULL columns."""
     if split is None:
         return {f"{name}_loss": None, f"{name}_acc": None}

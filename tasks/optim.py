@@ -1,7 +1,7 @@
 """The optimizers, written once for both loops: SGD (momentum, L2 weight decay) and Adam (L2
-weight decay), in torch.optim's math, over a dict of tensors whose hyperparameters are tensors
-broadcast against them. One run alone holds () hyperparameters; a stacked pack (tasks/stacked.py)
-holds (R, 1, ..., 1) ones over parameters with a leading run axis, so each run keeps its own lr,
+weight decay), in torch.optim's math, over a dict of tensors. One run alone steps with Python
+floats in torch.optim's own in-place ops; a stacked pack (tasks/stacked.py) holds (R, 1, ..., 1)
+coefficient tensors over parameters with a leading run axis, so each run keeps its own lr,
 momentum and weight decay while one step updates them all.
 
 SGD:  d = g + wd*p;  buf = m*buf + d (buf = d on the first step);  p -= lr*buf (m=0: lr*d).

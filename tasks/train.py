@@ -274,12 +274,11 @@ class RunState:
         row: dict = {"run_id": self.run_id, "epoch": self.epoch, "step": self.step, "lr": lr}
         with watch.part("measure"):
             for name in SPLITS:
-                if stacked is not None and stacked.logits is not None:
-                    split = self.splits[name]
-                    row |= split_metrics(split, stacked.logits.get(name)) if split else measure_split(
-                        self.model, None, self.normalize, name)
+                split = self.splits[name]
+                if split is not None and stacked is not None and stacked.logits is not None:
+                    row |= split_metrics(split, stacked.logits[name])  # the stacked forward's logits
                 else:
-                    row |= measure_split(self.model, self.splits[name], self.normalize, name)
+                    row |= measure_split(self.model, split, self.normalize, name)
         row["gap"] = row["train_acc"] - row["test_acc"]
         if t.probe_every and self.epoch % t.probe_every == 0:
             with watch.part("probe"):
@@ -359,9 +358,6 @@ class RunState:
                     "data": self.generator.get_state()},
             "progress": {name: getattr(self, name) for name in self.PROGRESS},
         }
-
-    def dump(self) -> bytes:
-        return checkpoint.dumps(self.snapshot())
 
     def load(self, saved: bytes | dict) -> None:
         """Continue from a checkpoint (its bytes, or the state `checkpoint.loads` made of them)."""

@@ -294,13 +294,17 @@ class Stacker:
         return out
 
     def _one(self, model: torch.nn.Module):
-        """One run's forward as a function of its parameters, on a bare copy of the model."""
-        base = copy.deepcopy(model).to("meta")
+        """One run's forward as a function of its parameters, on a bare copy of the model; made
+        once per model structure (measuring asks every epoch)."""
+        key = ("one",) + _structure(model)
+        if key not in self._forward_cache:
+            base = copy.deepcopy(model).to("meta")
 
-        def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return functional_call(base, p, (x,))
+            def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+                return functional_call(base, p, (x,))
 
-        return one
+            self._forward_cache[key] = one
+        return self._forward_cache[key]
 
     def _forward(self, model: torch.nn.Module):
         """The stacked loss: each run's mean smoothed cross entropy, summed over runs (so each

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from rethink.errors import RethinkError
 from rethink.runner.grid import Resources
+from rethink.runner.outcomes import PackResult
 from rethink.runner.progress import Progress
-from rethink.storage.store import Store
+from rethink.states import Outcome, RunState, StopReason
+from rethink.storage.store import Store, now
 from rethink.tasks.spec import RunSpec
 
 WAIT_S = 1.0  # how often the driver looks up from Ray to refresh progress and check for cancel
@@ -61,7 +63,7 @@ def gpu_bytes_per_task(resources: Resources) -> int | None:
 
 
 def pack_task(store_uri: str, experiment: str, configs: list[dict], data_dir: str, token: str,
-              threads: int = 0) -> list[dict]:
+              threads: int = 0) -> list[PackResult]:
     """The Ray task: `worker.run_pack`, imported on the worker, so the driver never loads torch."""
     from rethink.runner.worker import run_pack
 
@@ -97,7 +99,7 @@ def run_experiment(
     todo = []
     for run in runs:
         status = store.read_status(run.run_id)
-        if status and status.get("status") == "done":
+        if status and status.get("status") == RunState.DONE:
             summary.skipped += 1
         else:
             todo.append(run)
@@ -117,10 +119,13 @@ def run_experiment(
     todo_ids = {r.run_id for r in todo}
     progress.advance_done(summary.skipped, sum(r.train.epochs for r in runs if r.run_id not in todo_ids))
     in_flight: dict = {}  # object ref -> runs of the pack
+    tokens: dict = {}  # object ref -> the token its task claims runs with
 
     def launch(pack: list[RunSpec]) -> None:
-        ref = task.remote(store.uri, name, [r.to_dict() for r in pack], str(data_dir), uuid.uuid4().hex, threads)
+        token = uuid.uuid4().hex
+        ref = task.remote(store.uri, name, [r.to_dict() for r in pack], str(data_dir), token, threads)
         in_flight[ref] = pack
+        tokens[ref] = token
 
     busy: list[RunSpec] = []
     last_busy_check = 0.0
@@ -132,12 +137,12 @@ def run_experiment(
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_S) if in_flight else ([], [])
                 for ref in ready:
                     pack = in_flight.pop(ref)
-                    for result in _results(ref, pack):
+                    for result in _results(ref, pack, store, tokens.pop(ref)):
                         _account(result, pack, summary, progress, busy)
                 if store.cancel_requested(name):
                     summary.cancelled = True
                     _wind_down(in_flight, pack_results=lambda ref, pack: [
-                        _account(r, pack, summary, progress, busy) for r in _results(ref, pack)])
+                        _account(r, pack, summary, progress, busy) for r in _results(ref, pack, store, tokens[ref])])
                     break
                 if busy and time.monotonic() - last_busy_check > BUSY_RECHECK_S:
                     last_busy_check = time.monotonic()
@@ -148,7 +153,7 @@ def run_experiment(
         raise Interrupted(f"interrupted; the grid is resumable: `rethink resume {name}`") from None
     finally:
         if in_flight:
-            _stop(in_flight, store, "cancelled" if store.cancel_requested(name) else "interrupted")
+            _stop(in_flight, store, StopReason.CANCELLED if store.cancel_requested(name) else StopReason.INTERRUPTED)
         if owns_ray:
             _shutdown(embedded=not (address or os.environ.get("RAY_ADDRESS")))
     return summary
@@ -193,36 +198,54 @@ def _check_feasible(resources: Resources, owns_ray: bool) -> None:
             )
 
 
-def _results(ref, pack: list[RunSpec]) -> list[dict]:
+def _results(ref, pack: list[RunSpec], store: Store, token: str) -> list[PackResult]:
+    """The task's PackResults; when the task itself raised or its worker died once too often, a
+    failed result per run, and the same written to the store for the runs this task still held
+    (so nothing stays `running` with no one training it)."""
     import ray
 
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:  # the task itself raised: every run of it failed
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-        text = " ".join(f"{type(cause).__name__}: {cause}".split())
+        text, reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:500], StopReason.ERROR
     except ray.exceptions.RayError as exc:  # worker died more often than Ray retries
-        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-    return [{"run_id": r.run_id, "outcome": "failed", "error": text, "notes": ()} for r in pack]
+        text, reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500], StopReason.WORKER_DIED
+    return [_fail_held(store, run.run_id, token, text, reason) for run in pack]
 
 
-def _account(result: dict, pack: list[RunSpec], summary: Summary, progress: Progress, busy: list[RunSpec]) -> None:
-    run = next(r for r in pack if r.run_id == result["run_id"])
-    summary.notes.extend(f"run {run.run_id}: {note}" for note in result.get("notes") or ())
-    outcome = result["outcome"]
-    if outcome == "done":
+def _fail_held(store: Store, run_id: str, token: str, error: str, reason: StopReason) -> PackResult:
+    """Write `failed` for a run of a task that could not report, unless someone else has it now:
+    a done run stays done, a run another attempt claimed is that attempt's to report."""
+    status = store.read_status(run_id) or {}
+    newest = store.newest_claim(run_id)
+    if status.get("status") == RunState.DONE:
+        return PackResult(run_id, Outcome.SKIPPED)
+    if newest is not None and newest[1].get("token") not in (token, None) and store.claim_holder(run_id):
+        return PackResult(run_id, Outcome.BUSY)
+    if newest is not None and newest[1].get("token") == token and not newest[1].get("released"):
+        store.release(run_id, newest[0])
+    store.write_status(run_id, status=RunState.FAILED, stop_reason=reason, error=error, finished_at=now())
+    return PackResult(run_id, Outcome.FAILED, error=error)
+
+
+def _account(result: PackResult, pack: list[RunSpec], summary: Summary, progress: Progress,
+             busy: list[RunSpec]) -> None:
+    run = next(r for r in pack if r.run_id == result.run_id)
+    summary.notes.extend(f"run {run.run_id}: {note}" for note in result.notes)
+    if result.outcome == Outcome.DONE:
         summary.done += 1
         progress.finished(run, ok=True)
-    elif outcome == "skipped":
+    elif result.outcome == Outcome.SKIPPED:
         summary.skipped += 1
         progress.finished(run, ok=True)
-    elif outcome == "failed":
+    elif result.outcome == Outcome.FAILED:
         summary.failed += 1
-        summary.errors[run.run_id] = result.get("error") or "unknown error"
+        summary.errors[run.run_id] = result.error or "unknown error"
         progress.finished(run, ok=False, error=summary.errors[run.run_id])
-    elif outcome == "busy":
+    elif result.outcome in (Outcome.BUSY, Outcome.TAKEN_OVER):  # another attempt trains it: wait for it
         busy.append(run)
-    # "cancelled": the run stays resumable; the loop notices the cancel request itself
+    # CANCELLED: the run stays resumable; the loop notices the cancel request itself
 
 
 def _relaunch_free(store: Store, busy: list[RunSpec], launch, summary: Summary, progress: Progress) -> list[RunSpec]:
@@ -230,7 +253,7 @@ def _relaunch_free(store: Store, busy: list[RunSpec], launch, summary: Summary, 
     still = []
     for run in busy:
         status = store.read_status(run.run_id) or {}
-        if status.get("status") == "done":
+        if status.get("status") == RunState.DONE:
             summary.skipped += 1
             progress.finished(run, ok=True)
         elif store.claim_holder(run.run_id) is None:
@@ -250,7 +273,7 @@ def _wind_down(in_flight: dict, pack_results) -> None:
         pack_results(ref, in_flight.pop(ref))
 
 
-def _stop(in_flight: dict, store: Store, reason: str) -> None:
+def _stop(in_flight: dict, store: Store, reason: StopReason) -> None:
     """Kill the tasks still running, wait until they are gone, then leave their runs pending
     (resumable). Waiting first matters: a dying worker could otherwise write `running` last."""
     import ray
@@ -262,6 +285,6 @@ def _stop(in_flight: dict, store: Store, reason: str) -> None:
     for pack in in_flight.values():
         for run in pack:
             status = store.read_status(run.run_id) or {}
-            if status.get("status") in (None, "running"):
-                store.write_status(run.run_id, status="pending", stop_reason=reason)
+            if status.get("status") in (None, RunState.RUNNING):
+                store.write_status(run.run_id, status=RunState.PENDING, stop_reason=reason)
     in_flight.clear()

@@ -8,11 +8,12 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rethink.errors import RethinkError
+from rethink.runner.outcomes import PackResult
 from rethink.runner.writer import PackWriter
+from rethink.states import Outcome, RunState, StopReason
 from rethink.storage.store import DamagedFileError, Store, now
 from rethink.tasks import checkpoint as ckpt
 from rethink.tasks.spec import RunSpec
@@ -23,21 +24,17 @@ TIMINGS_ENV = "RETHINK_TIMINGS"  # a folder: each task writes where its seconds 
 
 
 class Cancelled(RethinkError):
-    """The experiment was cancelled, or another attempt took the run over: stop quietly."""
+    """The experiment was cancelled, or another attempt took the run over: stop this run quietly.
+    The engine reads `stop_reason` and leaves the run resumable instead of failing it."""
 
-
-@dataclass
-class PackResult:
-    run_id: str
-    outcome: str  # done | failed | busy (another owner trains it) | skipped (already done) | cancelled
-    error: str | None = None
-    resumed_from: int = 0  # epoch of the checkpoint the run started from
-    notes: tuple[str, ...] = ()  # damaged files found and discarded
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(f"stopped: {reason}")
+        self.stop_reason = reason
 
 
 def run_pack(
     store_uri: str, experiment: str, configs: list[dict], data_dir: str, token: str, threads: int = 0
-) -> list[dict]:
+) -> list[PackResult]:
     """Train the runs in `configs` (RunSpec dicts) that are not done and not owned elsewhere."""
     started, started_at = time.perf_counter(), time.time()
     if threads:
@@ -47,7 +44,7 @@ def run_pack(
     watch = Stopwatch()
     store = Store.open(store_uri)
     if store.cancel_requested(experiment):  # queued before a cancel: don't even start
-        return [asdict(PackResult(RunSpec.from_dict(c).run_id, "cancelled")) for c in configs]
+        return [PackResult(RunSpec.from_dict(c).run_id, Outcome.CANCELLED) for c in configs]
     with watch.part("claims"):
         results, claimed = _claim(store, [RunSpec.from_dict(c) for c in configs], token)
     resume: dict[str, dict] = {}
@@ -60,10 +57,10 @@ def run_pack(
         rows[spec.run_id] = kept_rows
         if state is not None:
             resume[spec.run_id] = state
-        results[spec.run_id] = PackResult(spec.run_id, "failed", resumed_from=start, notes=tuple(notes))
+        results[spec.run_id] = PackResult(spec.run_id, Outcome.FAILED, resumed_from=start, notes=tuple(notes))
         with watch.part("claims"):
             status[spec.run_id] = store.write_status(
-                spec.run_id, status="running", attempts=attempt, host=socket.gethostname(), pid=os.getpid(),
+                spec.run_id, status=RunState.RUNNING, attempts=attempt, host=socket.gethostname(), pid=os.getpid(),
                 started_at=now(), finished_at=None, error=None, stop_reason=None, epochs_done=start,
                 resumed_from=start,
             )
@@ -93,7 +90,7 @@ def run_pack(
         error = _one_line(exc)
         for spec in specs:
             if spec.run_id not in ended:
-                on_end(RunOutcome(spec.run_id, "failed", "error", len(rows[spec.run_id]), error=error))
+                on_end(RunOutcome(spec.run_id, RunState.FAILED, StopReason.ERROR, len(rows[spec.run_id]), error=error))
     finally:
         try:
             with watch.part("close"):
@@ -101,17 +98,18 @@ def run_pack(
         except Exception as exc:  # a write failed: say so in every run not yet told, if the store lets us
             _fail_unfinished(store, results, [s.run_id for s in specs], _one_line(exc))
         _save_timings(watch, token, started_at, time.perf_counter() - started, len(specs))
-    return [asdict(r) for r in results.values()]
+    return list(results.values())
 
 
 def _fail_unfinished(store: Store, results: dict[str, PackResult], run_ids: list[str], error: str) -> None:
     for run_id in run_ids:
         result = results[run_id]
-        if result.outcome in ("done", "cancelled"):
+        if result.outcome in (Outcome.DONE, Outcome.CANCELLED, Outcome.TAKEN_OVER):
             continue
-        result.outcome, result.error = "failed", result.error or f"writing to the store failed: {error}"
+        result.outcome, result.error = Outcome.FAILED, result.error or f"writing to the store failed: {error}"
         try:
-            store.write_status(run_id, status="failed", stop_reason="error", error=result.error, finished_at=now())
+            store.write_status(run_id, status=RunState.FAILED, stop_reason=StopReason.ERROR, error=result.error,
+                               finished_at=now())
         except Exception:  # noqa: BLE001 - the store itself is what failed; the driver still hears
             pass
 
@@ -122,16 +120,16 @@ def _claim(store: Store, specs: list[RunSpec], token: str) -> tuple[dict[str, Pa
     claimed: list[tuple[RunSpec, int]] = []
     for spec in specs:
         status = store.read_status(spec.run_id)
-        if status and status.get("status") == "done":
-            results[spec.run_id] = PackResult(spec.run_id, "skipped")
+        if status and status.get("status") == RunState.DONE:
+            results[spec.run_id] = PackResult(spec.run_id, Outcome.SKIPPED)
             continue
         attempt = store.claim(spec.run_id, token)
         if attempt is None:
-            results[spec.run_id] = PackResult(spec.run_id, "busy")
+            results[spec.run_id] = PackResult(spec.run_id, Outcome.BUSY)
             continue
-        if (store.read_status(spec.run_id) or {}).get("status") == "done":  # finished while we claimed
+        if (store.read_status(spec.run_id) or {}).get("status") == RunState.DONE:  # finished while we claimed
             store.release(spec.run_id, attempt)
-            results[spec.run_id] = PackResult(spec.run_id, "skipped")
+            results[spec.run_id] = PackResult(spec.run_id, Outcome.SKIPPED)
             continue
         claimed.append((spec, attempt))
     return results, claimed
@@ -141,22 +139,23 @@ def _finish(store: Store, writer: PackWriter, result: PackResult, outcome: RunOu
     """On the writer's thread, after the run's last rows: its status, claim and checkpoints."""
     run_id = outcome.run_id
     stopped = writer.stopped.get(run_id)
-    if stopped is not None and stopped != "cancelled":  # another attempt owns the run now: hands off
-        result.outcome = "cancelled"
+    if stopped == StopReason.TAKEN_OVER:  # another attempt owns the run now: its status is theirs
+        result.outcome = Outcome.TAKEN_OVER
         return
     store.release(run_id, writer.attempts[run_id])
-    if stopped == "cancelled":
-        result.outcome = "cancelled"
-        writer.put_status(run_id, status="pending", stop_reason="cancelled", error=None)
-    elif outcome.status == "done":
-        result.outcome = "done"
-        writer.put_status(run_id, status="done", stop_reason=outcome.stop_reason, epochs_done=outcome.epochs_done,
-                          finished_at=now())
+    if stopped == StopReason.CANCELLED:
+        result.outcome = Outcome.CANCELLED
+        writer.put_status(run_id, status=RunState.PENDING, stop_reason=StopReason.CANCELLED, error=None)
+    elif outcome.status == RunState.DONE:
+        result.outcome = Outcome.DONE
+        writer.put_status(run_id, status=RunState.DONE, stop_reason=outcome.stop_reason,
+                          epochs_done=outcome.epochs_done, finished_at=now())
         for epoch in store.checkpoint_epochs(run_id):  # finished: its state is no longer needed
             store.delete_checkpoint(run_id, epoch)
     else:
         result.error = outcome.error
-        writer.put_status(run_id, status="failed", stop_reason="error", error=outcome.error, finished_at=now())
+        writer.put_status(run_id, status=RunState.FAILED, stop_reason=outcome.stop_reason, error=outcome.error,
+                          finished_at=now())
 
 
 def _one_line(exc: BaseException) -> str:
@@ -200,6 +199,7 @@ def _resume_point(store: Store, spec: RunSpec) -> tuple[int, dict | None, list[d
     return 0, None, [], notes
 
 
-def run_pack_here(store_uri: str, experiment: str, configs: list[dict], data_dir: Path | str, token: str) -> list[dict]:
+def run_pack_here(store_uri: str, experiment: str, configs: list[dict], data_dir: Path | str,
+                  token: str) -> list[PackResult]:
     """The same as the Ray task, in this process (tests, pdb)."""
     return run_pack(store_uri, experiment, configs, str(data_dir), token)

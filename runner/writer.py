@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from rethink.states import StopReason
 from rethink.storage.store import Store, now
 from rethink.tasks import checkpoint as ckpt
 from rethink.tasks.timing import Stopwatch
@@ -28,7 +29,7 @@ class PackWriter:
                  rows: dict[str, list[dict]], watch: Stopwatch) -> None:
         self.store, self.experiment, self.watch = store, experiment, watch
         self.attempts, self.status, self.rows = attempts, status, rows  # owned by the writer from here
-        self.stopped: dict[str, str] = {}  # run_id -> "cancelled" | "taken over by a later attempt"
+        self.stopped: dict[str, StopReason] = {}  # run_id -> CANCELLED | TAKEN_OVER
         self._pending: dict[str, list[dict]] = {}  # rows not yet handed to the thread
         self._snapshots: list[tuple[str, int, dict]] = []
         self._checkpoint_free = threading.Semaphore(1)  # one batch of checkpoints in flight
@@ -108,10 +109,10 @@ class PackWriter:
                 if run_id in self.stopped:
                     continue
                 if cancelled:
-                    self.stopped[run_id] = "cancelled"
+                    self.stopped[run_id] = StopReason.CANCELLED
                     continue
                 if not self.store.owns(run_id, self.attempts[run_id]):
-                    self.stopped[run_id] = "taken over by a later attempt"
+                    self.stopped[run_id] = StopReason.TAKEN_OVER
                     continue
                 self.rows[run_id].extend(rows)
                 self.store.write_epochs(run_id, self.rows[run_id])

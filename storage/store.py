@@ -221,8 +221,23 @@ class Store:
     def release(self, run_id: str, attempt: int) -> None:
         """Mark the run's claim as given up (done, failed or cancelled), keeping its number."""
         relative = RunPaths(run_id).claim(attempt)
-        owner = json.loads(self.read(relative) or b"{}")
-        self.write(relative, json.dumps(owner | {"released": now().isoformat()}).encode())
+        self.write(relative, json.dumps(self._read_claim(relative) | {"released": now().isoformat()}).encode())
+
+    def newest_claim(self, run_id: str) -> tuple[int, dict] | None:
+        """The run's highest attempt and what its claim says ({} when damaged), live or not."""
+        paths = RunPaths(run_id)
+        attempts = [a for a in map(attempt_of, self.listdir(paths.claims)) if a is not None]
+        if not attempts:
+            return None
+        return max(attempts), self._read_claim(paths.claim(max(attempts)))
+
+    def _read_claim(self, relative: str) -> dict:
+        """A claim's content; a damaged one reads as empty (stale: anyone may take the run)."""
+        try:
+            owner = json.loads(self.read(relative) or b"{}")
+        except ValueError:
+            return {}
+        return owner if isinstance(owner, dict) else {}
 
     def claim_holder(self, run_id: str) -> dict | None:
         """The live owner of the run, if any (for waiting on runs another process trains)."""
@@ -230,12 +245,11 @@ class Store:
         attempts = [a for a in map(attempt_of, self.listdir(paths.claims)) if a is not None]
         if not attempts or self._stale(paths.claim(max(attempts)), token=None):
             return None
-        return json.loads(self.read(paths.claim(max(attempts))) or b"{}")
+        return self._read_claim(paths.claim(max(attempts)))
 
     def _stale(self, relative: str, token: str | None) -> bool:
-        try:
-            owner = json.loads(self.read(relative) or b"{}")
-        except ValueError:
+        owner = self._read_claim(relative)
+        if not owner:  # damaged or empty: nobody can be shown to hold it
             return True
         if owner.get("released") or (token is not None and owner.get("token") == token):
             return True

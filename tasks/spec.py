@@ -20,6 +20,15 @@ LABEL_KINDS = ("labels", "label_noise")  # take a level p in [0, 1]
 IMAGE_KINDS = ("shuffled_pixels", "random_pixels", "gaussian")  # whole training set, no level
 CORRUPTIONS = ("none",) + LABEL_KINDS + IMAGE_KINDS
 OPTIMIZERS = ("sgd", "adam")
+# Whether a model has BatchNorm when the run leaves batch_norm unset (None).
+DEFAULT_BATCH_NORM: dict[str, bool] = {
+    "mlp1x512": False,
+    "mlp3x512": False,
+    "alexnet_small": False,
+    "inception_small": True,
+    "resnet18": True,
+    "ioc_mlp": False,
+}
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,8 @@ class RunSpec:
             raise SpecError(f"init_scale must be > 0, got {self.init_scale!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise SpecError(f"seed must be an integer >= 0, got {self.seed!r}")
+        object.__setattr__(self, "data", _canonical_data(self.data))
+        object.__setattr__(self, "regularizer", _canonical_regularizer(self.regularizer, self.model))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -203,6 +214,27 @@ class RunSpec:
         """Runs with equal keys may train together in one pack: same data, same model shape."""
         t = self.train
         return (self.data, self.model, self.width, self.regularizer.batch_norm, t.batch_size, t.epochs)
+
+
+def _canonical_data(data: DataSpec) -> DataSpec:
+    """Settings that change nothing are written as their defaults, so the run id does not depend
+    on spelling: a crop of the whole image is no crop; image size and class count are the
+    synthetic set's only (CIFAR's are fixed)."""
+    if data.dataset != "synthetic" and (data.image_size, data.num_classes) != (32, 10):
+        data = dataclasses.replace(data, image_size=32, num_classes=10)
+    if data.crop is not None and data.crop == data.image_size:
+        data = dataclasses.replace(data, crop=None)
+    return data
+
+
+def _canonical_regularizer(reg: RegularizerSpec, model: str) -> RegularizerSpec:
+    """As `_canonical_data`: batch_norm equal to the model's default is left unset (None, as
+    stores before this rule hold it), and the held-out fraction counts only with early stopping."""
+    if reg.batch_norm is not None and reg.batch_norm == DEFAULT_BATCH_NORM.get(model):
+        reg = dataclasses.replace(reg, batch_norm=None)
+    if not reg.early_stopping and reg.holdout != RegularizerSpec.holdout:
+        reg = dataclasses.replace(reg, holdout=RegularizerSpec.holdout)
+    return reg
 
 
 # ---- parsing command-line style values -------------------------------------------------------

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from rethink.errors import RethinkError, SpecError
+from rethink.states import RunState as RunStatus
+from rethink.states import StopReason
 from rethink.tasks import checkpoint
 from rethink.tasks.batches import augment, smoothed_cross_entropy
 from rethink.tasks.corruption import corrupt, noisy_labels
@@ -53,8 +55,8 @@ class RunOutcome:
     """How one run of a pack ended."""
 
     run_id: str
-    status: str  # done | failed
-    stop_reason: str  # completed | early_stopped | diverged | error
+    status: RunStatus  # DONE | FAILED | PENDING (stopped by a cancel or a takeover: resumable)
+    stop_reason: StopReason
     epochs_done: int
     epochs_to_fit: int | None = None
     steps_to_fit: int | None = None
@@ -156,12 +158,21 @@ def _ended(outcomes: dict[str, RunOutcome], outcome: RunOutcome, on_end: Callabl
         on_end(outcome)
 
 
+def _plain(value: object) -> object:
+    """A checkpoint holds plain values only (weights_only loading refuses enum objects)."""
+    return str.__str__(value) if isinstance(value, str) else value
+
+
 def _failed(run_id: str, epoch: int, exc: BaseException) -> RunOutcome:
+    """How a run ends on an exception: an exception that names its own `stop_reason` (a cancel,
+    a takeover: the caller's exceptions) leaves the run resumable; any other fails it."""
     if isinstance(exc, RethinkError):  # a condition we named: its sentence says it all
         text = str(exc)
     else:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return RunOutcome(run_id, "failed", "error", epoch, error=text)
+    reason = StopReason(getattr(exc, "stop_reason", StopReason.ERROR))
+    status = RunStatus.FAILED if reason == StopReason.ERROR else RunStatus.PENDING
+    return RunOutcome(run_id, status, reason, epoch, error=text)
 
 
 class RunState:
@@ -229,7 +240,7 @@ class RunState:
         self.best_test_acc: float | None = None
         self.best_val_acc = -1.0
         self.epochs_since_best = 0
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
 
     @property
     def finished(self) -> bool:
@@ -320,16 +331,16 @@ class RunState:
         if row["test_acc"] is not None and (self.best_test_acc is None or row["test_acc"] > self.best_test_acc):
             self.best_test_acc = row["test_acc"]
         if not math.isfinite(row["train_loss"]):
-            self.stop_reason = "diverged"
+            self.stop_reason = StopReason.DIVERGED
         elif self.spec.regularizer.early_stopping and row["val_acc"] is not None:
             if row["val_acc"] > self.best_val_acc:
                 self.best_val_acc, self.epochs_since_best = row["val_acc"], 0
             else:
                 self.epochs_since_best += 1
                 if self.epochs_since_best >= self.spec.regularizer.early_stopping:
-                    self.stop_reason = "early_stopped"
+                    self.stop_reason = StopReason.EARLY_STOPPED
         if self.stop_reason is None and self.epoch >= self.spec.train.epochs:
-            self.stop_reason = "completed"
+            self.stop_reason = StopReason.COMPLETED
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -337,7 +348,7 @@ class RunState:
 
     def outcome(self) -> RunOutcome:
         return RunOutcome(
-            self.run_id, "done", self.stop_reason or "completed", self.epoch,
+            self.run_id, RunStatus.DONE, StopReason(self.stop_reason or StopReason.COMPLETED), self.epoch,
             self.epochs_to_fit, self.steps_to_fit, self.best_test_acc,
         )
 
@@ -356,7 +367,7 @@ class RunState:
             "optimizer": _host_tree(self.optimizer.state_dict()),
             "rng": {"torch": self.torch_rng.clone(), "cuda": None if self.cuda_rng is None else self.cuda_rng.clone(),
                     "data": self.generator.get_state()},
-            "progress": {name: getattr(self, name) for name in self.PROGRESS},
+            "progress": {name: _plain(getattr(self, name)) for name in self.PROGRESS},
         }
 
     def load(self, saved: bytes | dict) -> None:

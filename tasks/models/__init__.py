@@ -14,20 +14,9 @@ from rethink.tasks.models.ioc import DEPTH as IOC_DEPTH
 from rethink.tasks.models.ioc import IOCMLP
 from rethink.tasks.models.mlp import MLP
 from rethink.tasks.models.resnet import ResNet18
-from rethink.tasks.spec import MODELS
+from rethink.tasks.spec import DEFAULT_BATCH_NORM, MODELS
 
 __all__ = ["DEFAULT_BATCH_NORM", "build_model"]
-
-# Whether a model has BatchNorm when the run leaves batch_norm unset (None).
-DEFAULT_BATCH_NORM: dict[str, bool] = {
-    "mlp1x512": False,
-    "mlp3x512": False,
-    "alexnet_small": False,
-    "inception_small": True,
-    "resnet18": True,
-    "ioc_mlp": False,
-}
-
 
 def build_model(
     name: str,

@@ -98,8 +98,8 @@ def test_damaged_checkpoint_and_rows_are_detected_and_the_run_redone(tmp_path):
     store.write_checkpoint(run.run_id, 3, ckpts[3])
     store.write_checkpoint(run.run_id, 4, ckpts[4][: len(ckpts[4]) // 3])
     (result,) = run_pack(str(tmp_path), "damaged", [run.to_dict()], "unused", token="t1")
-    assert result["outcome"] == "done" and result["resumed_from"] == 3
-    assert any("epoch 4" in note and "truncated" in note for note in result["notes"])
+    assert result.outcome == "done" and result.resumed_from == 3
+    assert any("epoch 4" in note and "truncated" in note for note in result.notes)
     again = store.read_epochs(run.run_id)
 
     def untimed(r):
@@ -111,8 +111,8 @@ def test_damaged_checkpoint_and_rows_are_detected_and_the_run_redone(tmp_path):
     path = tmp_path / f"epochs/run_id={run.run_id}/epochs.parquet"
     path.write_bytes(path.read_bytes()[:100])
     (result,) = run_pack(str(tmp_path), "damaged", [run.to_dict()], "unused", token="t2")
-    assert result["outcome"] == "done" and result["resumed_from"] == 0
-    assert any("damaged" in note for note in result["notes"])
+    assert result.outcome == "done" and result.resumed_from == 0
+    assert any("damaged" in note for note in result.notes)
     assert [untimed(r) for r in store.read_epochs(run.run_id)] == [untimed(r) for r in rows]
 
 

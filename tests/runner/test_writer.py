@@ -76,7 +76,7 @@ def test_a_worker_killed_at_a_background_checkpoint_resumes_exactly(tmp_path, wh
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert store.checkpoint_epochs(run.run_id) == ([2] if when == "during" else [2, 4])
     (result,) = run_pack(str(tmp_path), "writer", [run.to_dict()], "unused", token="second")
-    assert result["outcome"] == "done" and result["resumed_from"] == (2 if when == "during" else 4)
+    assert result.outcome == "done" and result.resumed_from == (2 if when == "during" else 4)
     assert untimed(store.read_epochs(run.run_id)) == untimed(reference_rows(run))
     assert sql(tmp_path, "select count(*), count(distinct epoch) from epochs") == [(6, 6)]
     assert store.checkpoint_epochs(run.run_id) == []  # a finished run keeps no state
@@ -109,8 +109,8 @@ def test_foreign_and_code_carrying_checkpoints_are_discarded_not_loaded(tmp_path
         os.remove("/tmp/rethink-pwned-worker")
     (result,) = run_pack(str(tmp_path), "writer", [run.to_dict()], "unused", token="t")
     assert not os.path.exists("/tmp/rethink-pwned-worker")
-    assert result["outcome"] == "done" and result["resumed_from"] == 0
-    notes = " ".join(result["notes"])
+    assert result.outcome == "done" and result.resumed_from == 0
+    notes = " ".join(result.notes)
     assert "epoch 4" in notes and "refused" in notes and "epoch 2" in notes and "another run" in notes
     assert untimed(store.read_epochs(run.run_id)) == untimed(reference_rows(run))
 
@@ -131,7 +131,7 @@ def test_rows_and_status_are_written_in_batches(tmp_path, monkeypatch):
         monkeypatch.setattr(Store, method, counted)
     monkeypatch.setattr(writer, "ROWS_EVERY_S", 3600.0)
     (result,) = run_pack(str(tmp_path), "writer", [run.to_dict()], "unused", token="t")
-    assert result["outcome"] == "done"
+    assert result.outcome == "done"
     # 12 epochs: rows with each of the 5 checkpoints (2, 4 ... 10; none at the end) and when the
     # run ends, never once per epoch
     assert writes["epochs"] == 6, writes

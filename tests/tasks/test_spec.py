@@ -78,3 +78,32 @@ def test_bad_specs_are_refused(build, fragment):
     with pytest.raises(SpecError) as info:
         build()
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "spelled, implicit",
+    [(dict(model="mlp1x512", regularizer=RegularizerSpec(batch_norm=False)), dict(model="mlp1x512")),
+     (dict(model="resnet18", regularizer=RegularizerSpec(batch_norm=True)), dict(model="resnet18")),
+     (dict(regularizer=RegularizerSpec(holdout=0.2)), dict()),
+     (dict(data=DataSpec(crop=32)), dict()),
+     (dict(data=DataSpec(num_classes=100, image_size=16)), dict())],
+)
+def test_a_value_spelled_out_equal_to_its_default_is_the_same_run(spelled, implicit):
+    assert RunSpec(**spelled).run_id == RunSpec(**implicit).run_id
+    assert RunSpec(**spelled).to_dict() == RunSpec(**implicit).to_dict()
+
+
+def test_values_that_change_the_run_still_change_its_id():
+    base = RunSpec(model="mlp1x512")
+    assert RunSpec(model="mlp1x512", regularizer=RegularizerSpec(batch_norm=True)).run_id != base.run_id
+    assert RunSpec(model="resnet18", regularizer=RegularizerSpec(batch_norm=False)).run_id != RunSpec(model="resnet18").run_id
+    stopping = RegularizerSpec(early_stopping=3)
+    assert RunSpec(regularizer=RegularizerSpec(early_stopping=3, holdout=0.2)).run_id != RunSpec(regularizer=stopping).run_id
+    synthetic = DataSpec(dataset="synthetic")
+    assert RunSpec(data=DataSpec(dataset="synthetic", num_classes=5)).run_id != RunSpec(data=synthetic).run_id
+    assert RunSpec(data=DataSpec(crop=28)).run_id != base.run_id
+
+
+def test_stores_made_before_canonical_ids_keep_their_run_ids():
+    # the id of the default run as every earlier rethink computed it (sha256 of its config)
+    assert RunSpec().run_id == "55d2654b9d702d57"

@@ -107,6 +107,14 @@ def train(
         raise RethinkError(f"run {outcome.run_id} failed at epoch {outcome.epochs_done}: {outcome.error}")
 
 
+def _experiment(name: str | None) -> str | None:
+    """NAME checked by the store's one name rule before a command touches anything."""
+    from rethink.storage.layout import check_name
+
+    return None if name is None else check_name(name)
+
+
+NameArg = Annotated[str, typer.Argument(help="Experiment name.", callback=_experiment)]
 StoreOpt = Annotated[str, typer.Option("--store", help="Store folder or pyarrow filesystem URI.")]
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (default $RAY_ADDRESS, else an embedded local one).")]
 ClusterOpt = Annotated[str | None, typer.Option(help="Ray Jobs address of a remote cluster, e.g. http://HEAD:8265 (token: $RAY_AUTH_TOKEN).")]
@@ -157,7 +165,7 @@ def submit(
 
 @app.command()
 def resume(
-    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    name: NameArg,
     store: StoreOpt = DEFAULT_STORE,
     data_dir: DataDir = None,
     address: AddressOpt = None,
@@ -173,7 +181,7 @@ def resume(
 
 
 @app.command()
-def cancel(name: Annotated[str, typer.Argument(help="Experiment name.")], store: StoreOpt = DEFAULT_STORE) -> None:
+def cancel(name: NameArg, store: StoreOpt = DEFAULT_STORE) -> None:
     """Stop NAME's running tasks; finished epochs and checkpoints stay, and NAME stays resumable."""
     from rethink.runner import api
 
@@ -183,7 +191,7 @@ def cancel(name: Annotated[str, typer.Argument(help="Experiment name.")], store:
 
 @app.command()
 def status(
-    name: Annotated[str | None, typer.Argument(help="Experiment name (default: all).")] = None,
+    name: Annotated[str | None, typer.Argument(help="Experiment name (default: all).", callback=_experiment)] = None,
     store: StoreOpt = DEFAULT_STORE,
     cluster: ClusterOpt = None,
 ) -> None:
@@ -203,7 +211,7 @@ def status(
 
 @app.command()
 def logs(
-    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    name: NameArg,
     cluster: Annotated[str, typer.Option(help="Ray Jobs address of the cluster, e.g. http://HEAD:8265.")],
 ) -> None:
     """The driver log of NAME's newest job on a remote cluster (`submit --cluster`)."""
@@ -233,7 +241,7 @@ def query(
 
 @app.command()
 def report(
-    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    name: NameArg,
     store: StoreOpt = DEFAULT_STORE,
     out: Annotated[Path | None, typer.Option(help="Folder for the PNGs and report.html (default ./report/NAME).", show_default=False)] = None,
 ) -> None:

@@ -12,7 +12,6 @@ import dataclasses
 import itertools
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,13 +19,15 @@ from typing import Any, Callable
 import yaml
 
 from rethink.errors import SpecError
-from rethink.runner.gridfile import Map, Problems, Skip, coerce, load_yaml, one_line, to_float, to_text
+from rethink.runner.gridfile import (
+    Map, Problems, Skip, coerce, load_value, load_yaml, read_grid_text, to_float, to_text,
+)
+from rethink.storage.layout import check_name
 from rethink.tasks.spec import (
     CORRUPTIONS, IMAGE_KINDS, LABEL_KINDS, CorruptionSpec, DataSpec, RegularizerSpec, RunSpec, TrainSpec,
     parse_corruption, parse_regularizer, regularizer_from_mapping,
 )
 
-NAME_PATTERN = re.compile(r"[a-z0-9_-]+")
 TOP_KEYS = ("name", "dataset", "data", "model", "width", "init_scale", "corruption", "regularizer",
             "seed", "train", "resources")
 MODEL_KEYS = ("name", "width", "init_scale")
@@ -63,13 +64,7 @@ class Grid:
 
 def load_grid(path: str | Path, overrides: dict[str, object] | None = None) -> Grid:
     """Read and resolve a grid file; a missing or unreadable file is one SpecError line too."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"grid file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read grid file {path}: {one_line(str(exc))}") from None
-    return parse_grid(text, overrides, source=str(path))
+    return parse_grid(read_grid_text(path), overrides, source=str(path))
 
 
 def parse_grid(text: str, overrides: dict[str, object] | None = None, source: str = "<grid>") -> Grid:
@@ -99,10 +94,7 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
             raise SpecError(f"--set takes KEY=VALUE (e.g. train.epochs=5 or seed=[0,1]), got {item!r}")
         if key in out:
             raise SpecError(f"--set {key} is given twice")
-        try:
-            out[key] = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError(one_line(f"--set {key}: value is not valid YAML: {getattr(exc, 'problem', None) or exc}")) from None
+        out[key] = load_value(text, f"--set {key}")
     return out
 
 
@@ -169,8 +161,9 @@ def _resolve(raw: Map, problems: Problems, overrides: dict[str, object]) -> Grid
     name = raw.get("name")
     if "name" not in raw:
         problems.add(raw, None, "name is required: the experiment's name, [a-z0-9_-]+")
-    elif not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        problems.add(raw, "name", f"name must match [a-z0-9_-]+ (lower-case letters, digits, _ and -), got {name!r}")
+    else:
+        with problems.guard(raw, "name"):
+            check_name(name)
     data = _section(raw, "data", problems)
     train = _section(raw, "train", problems)
     resources = _section(raw, "resources", problems)

@@ -5,13 +5,55 @@ runner.grid; kept apart so grid.py reads as the grid's meaning."""
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import yaml
 
 from rethink.errors import SpecError
+
+# A grid is a short hand-written file. These bounds keep a hostile or mistaken one (a device, a
+# FIFO, "billion laughs" aliases, thousands of nested brackets) from hanging or crashing a command.
+MAX_GRID_BYTES = 1 << 20  # 1 MiB read at most
+MAX_DEPTH = 50  # nesting of lists and mappings, aliases followed
+MAX_NODES = 100_000  # values in the document once every alias is expanded
+
+
+# ---- reading the file, bounded ---------------------------------------------------------------
+
+
+def read_grid_text(path: str | Path) -> str:
+    """The grid file's text: a regular file of at most MAX_GRID_BYTES, UTF-8, with no NUL byte.
+    Opened without blocking and checked before reading, so a FIFO, /dev/zero or a folder is
+    refused at once instead of read forever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise SpecError(f"grid file {path} not found") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read grid file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SpecError(f"grid file {path} is not a regular file (a folder, device or pipe); give a YAML file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_GRID_BYTES + 1)
+        except OSError as exc:
+            raise SpecError(f"cannot read grid file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_GRID_BYTES:
+        raise SpecError(f"grid file {path} is larger than {MAX_GRID_BYTES >> 20} MiB, the most rethink reads; "
+                        "a grid is a short YAML file")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise SpecError(f"grid file {path} holds a NUL byte at offset {nul}: it is not a text file; give a YAML file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"grid file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
 # ---- YAML with line numbers ------------------------------------------------------------------
@@ -33,8 +75,27 @@ class Seq(list):
         self.line, self.lines = line, lines
 
 
-class _Loader(yaml.SafeLoader):
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses nesting deeper than MAX_DEPTH (PyYAML composes
+    recursively: thousands of brackets would end in RecursionError)."""
+
     source = "<grid>"
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise SpecError(f"{self.source} line {mark.line + 1}: nested more than {MAX_DEPTH} levels deep; "
+                                "a grid needs a few")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Loader(_BoundedLoader):
+    """Builds Map and Seq, which remember their lines."""
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Map:
@@ -61,23 +122,83 @@ _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 def load_yaml(text: str, source: str) -> Any:
     """YAML -> Map/Seq/scalars; a syntax error becomes one line: file, line, column, problem."""
-    loader = _Loader(text)
+    return _load(_Loader, text, source, "invalid YAML")
+
+
+def load_value(text: str, source: str) -> Any:
+    """One YAML value as plain dicts, lists and scalars (a `--set` flag), bounded like a file."""
+    return _load(_BoundedLoader, text, source, "value is not valid YAML")
+
+
+def _load(loader_class: type[_BoundedLoader], text: str, source: str, invalid: str) -> Any:
+    """Bounded loading: size, NUL, nesting while composing, alias expansion before constructing."""
+    if len(text) > MAX_GRID_BYTES:
+        raise SpecError(f"{source} is larger than {MAX_GRID_BYTES >> 20} MiB, the most rethink reads")
+    if "\0" in text:
+        raise SpecError(f"{source} holds a NUL character: it is not YAML text")
+    try:
+        loader = loader_class(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters before parsing
+        raise SpecError(one_line(f"{source}: {invalid}: {exc}")) from None
     loader.source = source
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, source)
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"{source} line {mark.line + 1} column {mark.column + 1}" if mark else source
+        where = f"{source} line {mark.line + 1} column {mark.column + 1}" if mark and _Loader is loader_class else source
         problem = exc.problem or exc.context or "unreadable"
         if exc.problem and exc.context:  # e.g. "while parsing a flow sequence", and where it began
             started = exc.context_mark
             on = f" started on line {started.line + 1}" if started and started.line != getattr(mark, "line", None) else ""
             problem += f" ({exc.context}{on})"
-        raise SpecError(one_line(f"{where}: invalid YAML: {problem}")) from None
+        raise SpecError(one_line(f"{where}: {invalid}: {problem}")) from None
     except yaml.YAMLError as exc:
-        raise SpecError(one_line(f"{source}: invalid YAML: {exc}")) from None
+        raise SpecError(one_line(f"{source}: {invalid}: {exc}")) from None
     finally:
         loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse aliases that expand past MAX_NODES values or MAX_DEPTH levels ("billion laughs"),
+    and an alias inside its own anchor. Each node is measured once (memoized), so the check is
+    linear in the file, not in its expansion."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) once expanded
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in measured:
+            continue
+        children = _children(node)
+        if not children_done:
+            if id(node) in open_nodes:
+                raise SpecError(f"{source} line {node.start_mark.line + 1}: an alias refers to its own anchor; "
+                                "a grid cannot contain itself")
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in measured)
+            continue
+        open_nodes.discard(id(node))
+        sizes = [measured[id(child)] for child in children]
+        values = 1 + sum(v for v, _ in sizes)
+        depth = 1 + max((d for _, d in sizes), default=0)
+        if values > MAX_NODES or depth > MAX_DEPTH:
+            what = f"more than {MAX_NODES:,} values" if values > MAX_NODES else f"more than {MAX_DEPTH} levels"
+            raise SpecError(f"{source} line {node.start_mark.line + 1}: expands to {what} (aliases counted in "
+                            "full); write the grid out plainly")
+        measured[id(node)] = (values, depth)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def one_line(text: str) -> str:

@@ -16,13 +16,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rethink.errors import SpecError
+
 MARKER = "store.json"
-NAME_PATTERN = re.compile(r"^[a-z0-9_-]+$")
+NAME_MAX = 100  # characters: `name=NAME` stays far inside a file name's 255 bytes
+NAME_PATTERN = re.compile(rf"[a-z0-9_-]{{1,{NAME_MAX}}}")  # use with fullmatch, or check_name
+NAME_RULE = f"match [a-z0-9_-]+ (lower-case letters, digits, _ and -) and be at most {NAME_MAX} characters"
+
+
+def check_name(name: object) -> str:
+    """The experiment name, or a SpecError saying the rule: the one check every command and
+    every experiment path goes through, so a name never climbs out of the store ('../x')."""
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name):
+        return name
+    shown = repr(name) if not isinstance(name, str) or len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
+    raise SpecError(f"name must {NAME_RULE} (e.g. fig1-mlp), got {shown}")
 
 
 @dataclass(frozen=True)
 class ExperimentPaths:
     name: str
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
 
     @property
     def folder(self) -> str:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from rethink.errors import RethinkError
 from rethink.storage import schema
 from rethink.storage.atomic import write_bytes
-from rethink.storage.layout import MARKER, NAME_PATTERN, ExperimentPaths, RunPaths, attempt_of, epoch_of
+from rethink.storage.layout import MARKER, ExperimentPaths, RunPaths, attempt_of, epoch_of
 
 CLAIM_TIMEOUT_S = float(os.environ.get("RETHINK_CLAIM_TIMEOUT", 600))  # no heartbeat this long: stale
 
@@ -124,9 +124,7 @@ class Store:
 
     def check_experiment(self, name: str, grid_text: str) -> bool:
         """True when the experiment is already saved with this grid; refuses another grid."""
-        if not NAME_PATTERN.match(name):
-            raise StoreError(f"experiment name '{name}' must match [a-z0-9_-]+")
-        paths = ExperimentPaths(name)
+        paths = ExperimentPaths(name)  # checks the name (layout.check_name)
         old = self.read(paths.grid)
         if old is None:
             return False

@@ -50,7 +50,7 @@ def store(tmp_path_factory):
     s = Store.open(root, create=True)
     s.save_experiment(grid.name, grid.text, [run_row(grid.name, r) for r in grid.runs])
     results = run_pack(str(root), grid.name, [r.to_dict() for r in grid.runs], "unused", token="t")
-    assert [r["outcome"] for r in results] == ["done", "done"]
+    assert [r.outcome if hasattr(r, "outcome") else r["outcome"] for r in results] == ["done", "done"]
     return root
 
 

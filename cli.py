@@ -24,7 +24,10 @@ class _OneLineErrors(TyperGroup):
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            result = super().main(*args, standalone_mode=False, **kwargs)
+            if isinstance(result, int) and not isinstance(result, bool) and result:
+                sys.exit(result)  # click hands back a typer.Exit's code instead of raising it
+            return result
         except typer.Exit as exc:
             sys.exit(exc.exit_code)
         except clickx.UsageError as exc:

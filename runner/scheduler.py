@@ -22,7 +22,7 @@ from rethink.tasks.spec import RunSpec
 
 WAIT_S = 1.0  # how often the driver looks up from Ray to refresh progress and check for cancel
 BUSY_RECHECK_S = 2.0  # how often runs held by another process are looked at again
-TASK_RETRIES = 3  # Ray retries of a task whose worker process died
+TASK_RETRIES = 3  # Ray retries of a task whose worker process died ($RETHINK_TASK_RETRIES overrides)
 CANCEL_GRACE_S = 60.0  # how long cancelled workers get to stop at an epoch boundary
 
 
@@ -96,13 +96,15 @@ def run_experiment(
     import ray
 
     summary = Summary()
-    todo = []
+    todo, lost = [], []
     for run in runs:
         status = store.read_status(run.run_id)
         if status and status.get("status") == RunState.DONE:
-            summary.skipped += 1
-        else:
-            todo.append(run)
+            if rows_intact(store, run.run_id, status):
+                summary.skipped += 1
+                continue
+            lost.append(run)
+        todo.append(run)
     if not todo:
         if prepare:
             prepare()
@@ -111,8 +113,12 @@ def run_experiment(
     _check_feasible(resources, owns_ray)
     if prepare:
         prepare()
+    for run in lost:  # its rows are gone: it is not done, whatever its status said
+        store.write_status(run.run_id, status=RunState.PENDING, stop_reason=StopReason.ROWS_LOST)
+        summary.notes.append(f"run {run.run_id}: marked done but its epoch rows are missing or unreadable; "
+                             "trained again")
     task = ray.remote(pack_task).options(
-        num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=TASK_RETRIES, retry_exceptions=False
+        num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=_task_retries(), retry_exceptions=False
     )
     threads = 0 if resources.gpus else max(1, int(resources.cpus))
     progress = Progress(name, total=len(runs), epochs=sum(r.train.epochs for r in runs), quiet=quiet)
@@ -157,6 +163,19 @@ def run_experiment(
         if owns_ray:
             _shutdown(embedded=not (address or os.environ.get("RAY_ADDRESS")))
     return summary
+
+
+def _task_retries() -> int:
+    value = os.environ.get("RETHINK_TASK_RETRIES", str(TASK_RETRIES))
+    if not value.isdigit():
+        raise RethinkError(f"RETHINK_TASK_RETRIES must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def rows_intact(store: Store, run_id: str, status: dict) -> bool:
+    """A done run's epoch file is there, readable, and holds every epoch its status counts."""
+    rows = store.epoch_rows(run_id)
+    return rows is not None and rows > 0 and rows >= (status.get("epochs_done") or 0)
 
 
 def _shutdown(embedded: bool) -> None:

@@ -1,43 +1,119 @@
-"""`rethink status`: counts of runs per state for each experiment, and the failed runs with their
-errors, read through the store's SQL views."""
+"""`rethink status`: counts of runs per state for each experiment, the failed runs with their
+errors, and what the counts alone would hide: runs marked running whose owner is gone, done runs
+whose epoch rows are missing or unreadable, and runs of one experiment made by different code."""
 
 from __future__ import annotations
 
+import duckdb
 from rich.table import Table
+from rich.text import Text
 
 from rethink.errors import RethinkError
+from rethink.states import RunState
 from rethink.storage.store import Store
-from rethink.storage.views import connect
+from rethink.storage.views import connect, one_line
 
-STATES = ("pending", "running", "done", "failed")
+STATES = tuple(RunState)
 
 
-def status_tables(store_uri: str, name: str | None = None) -> list[Table]:
+def status_tables(store_uri: str, name: str | None = None) -> list[Table | Text]:
     store = Store.open(store_uri)
     names = [name] if name else store.experiments()
     if name:
         store.experiment_grid(name)  # one clear line when there is no such experiment
     if not names:
         raise RethinkError(f"store '{store_uri}' has no experiments yet; `rethink submit GRID.yaml` starts one")
-    db = connect(store.root)
     counts = Table(title=f"runs in {store_uri}", title_justify="left")
     for column in ("experiment", *STATES, "total", "epochs"):
-        counts.add_column(column, justify="left" if column == "experiment" else "right")
+        counts.add_column(str(column), justify="left" if column == "experiment" else "right")
     failed = Table(title="failed runs", title_justify="left")
     for column in ("experiment", "run_id", "model", "corruption", "level", "seed", "attempts", "error"):
         failed.add_column(column)
-    for experiment in names:
-        rows = dict(db.execute(
-            "select status, count(*) from runs where experiment = ? group by status", [experiment]
-        ).fetchall())
-        epochs = db.execute(
-            "select coalesce(sum(epochs_done), 0), sum(epochs) from runs where experiment = ?", [experiment]
-        ).fetchone()
-        counts.add_row(experiment, *(str(rows.get(s, 0)) for s in STATES), str(sum(rows.values())),
-                       f"{epochs[0]}/{epochs[1]}")
-        for row in db.execute(
-            "select run_id, model, corruption, level, seed, attempts, error from runs "
-            "where experiment = ? and status = 'failed' order by run_id", [experiment]
-        ).fetchall():
-            failed.add_row(experiment, *("" if v is None else str(v) for v in row))
-    return [counts, failed] if failed.row_count else [counts]
+    notes: list[str] = []
+    try:
+        db = connect(store.root)
+        for experiment in names:
+            _from_views(db, store, experiment, counts, failed, notes)
+    except duckdb.Error as exc:  # a damaged file the views cannot read: count from the status files
+        counts, failed = _reset(counts), _reset(failed)
+        notes = [f"the epoch rows cannot all be read ({one_line(exc)}); counts come from the runs' status files"]
+        for experiment in names:
+            _from_status_files(store, experiment, counts, failed, notes)
+    out: list[Table | Text] = [counts, failed] if failed.row_count else [counts]
+    return out + [Text(f"note: {note}") for note in notes]
+
+
+def _from_views(db: duckdb.DuckDBPyConnection, store: Store, experiment: str, counts: Table, failed: Table,
+                notes: list[str]) -> None:
+    rows = dict(db.execute(
+        "select status, count(*) from runs where experiment = ? group by status", [experiment]).fetchall())
+    done, total = db.execute(
+        "select coalesce(sum(epochs_done), 0), sum(epochs) from runs where experiment = ?", [experiment]).fetchone()
+    counts.add_row(experiment, *(str(rows.get(s, 0)) for s in STATES), str(sum(rows.values())), f"{done}/{total}")
+    for row in db.execute(
+        "select run_id, model, corruption, level, seed, attempts, error from runs "
+        "where experiment = ? and status = 'failed' order by run_id", [experiment]
+    ).fetchall():
+        failed.add_row(experiment, *("" if v is None else str(v) for v in row))
+    running = [r for (r,) in db.execute(
+        "select run_id from runs where experiment = ? and status = 'running'", [experiment]).fetchall()]
+    _note_orphans(store, experiment, running, notes)
+    lost = [r for (r,) in db.execute(
+        "select run_id from runs where experiment = ? and status = 'done' "
+        "and (epoch_rows is null or epoch_rows < epochs_done)", [experiment]).fetchall()]
+    if lost:
+        notes.append(f"{experiment}: {_some(lost)} marked done but missing epoch rows; "
+                     f"`rethink resume {experiment}` trains them again")
+    versions = [v for (v,) in db.execute(
+        "select distinct coalesce(git_commit, rethink_version) from runs "
+        "where experiment = ? and rethink_version is not null order by 1", [experiment]).fetchall()]
+    if len(versions) > 1:
+        notes.append(f"{experiment}: its runs come from {len(versions)} code versions ({', '.join(versions)}); "
+                     "compare them with `rethink query \"select git_commit, rethink_version, count(*) from runs "
+                     f"where experiment = '{experiment}' group by all\"`")
+
+
+def _from_status_files(store: Store, experiment: str, counts: Table, failed: Table, notes: list[str]) -> None:
+    """Counts without SQL: one status file per run (slower, but reads no epoch rows)."""
+    configs = store.experiment_rows(experiment)
+    tally = {s: 0 for s in STATES}
+    done_epochs, running, lost = 0, [], []
+    for row in configs:
+        status = store.read_status(row["run_id"]) or {}
+        state = RunState(status.get("status") or RunState.PENDING)
+        tally[state] += 1
+        done_epochs += status.get("epochs_done") or 0
+        if state == RunState.RUNNING:
+            running.append(row["run_id"])
+        if state == RunState.DONE and store.epoch_rows(row["run_id"]) is None:
+            lost.append(row["run_id"])
+        if state == RunState.FAILED:
+            failed.add_row(experiment, row["run_id"], row["model"], row["corruption"], str(row["level"]),
+                           str(row["seed"]), str(status.get("attempts") or 0), status.get("error") or "")
+    total = sum(row["epochs"] for row in configs)
+    counts.add_row(experiment, *(str(tally[s]) for s in STATES), str(len(configs)), f"{done_epochs}/{total}")
+    _note_orphans(store, experiment, running, notes)
+    if lost:
+        notes.append(f"{experiment}: {_some(lost)} marked done but with missing or unreadable epoch rows; "
+                     f"`rethink resume {experiment}` trains them again")
+
+
+def _note_orphans(store: Store, experiment: str, running: list[str], notes: list[str]) -> None:
+    """Runs whose status says running but whose claim has no live owner (its process died)."""
+    orphans = [run_id for run_id in running if store.claim_holder(run_id) is None]
+    if orphans:
+        notes.append(f"{experiment}: {_some(orphans)} marked running but no live process holds them; "
+                     f"`rethink resume {experiment}` restarts them from their last checkpoint")
+
+
+def _some(run_ids: list[str], shown: int = 3) -> str:
+    head = ", ".join(run_ids[:shown]) + (f" and {len(run_ids) - shown} more" if len(run_ids) > shown else "")
+    return f"{len(run_ids)} run{'s' if len(run_ids) != 1 else ''} ({head})"
+
+
+def _reset(table: Table) -> Table:
+    """An empty copy of `table` (same title and columns)."""
+    fresh = Table(title=table.title, title_justify=table.title_justify)
+    for column in table.columns:
+        fresh.add_column(column.header, justify=column.justify)
+    return fresh

@@ -18,7 +18,8 @@ from rethink.storage.store import DamagedFileError, Store, now
 from rethink.tasks import checkpoint as ckpt
 from rethink.tasks.spec import RunSpec
 from rethink.tasks.timing import Stopwatch
-from rethink.tasks.train import RunOutcome, train_pack
+from rethink.tasks.provenance import provenance
+from rethink.tasks.train import RunOutcome, default_device, train_pack
 
 TIMINGS_ENV = "RETHINK_TIMINGS"  # a folder: each task writes where its seconds went (bench/overhead.py)
 
@@ -51,6 +52,7 @@ def run_pack(
     rows: dict[str, list[dict]] = {}
     status: dict[str, dict] = {}
     attempts = {spec.run_id: attempt for spec, attempt in claimed}
+    made_by = provenance(default_device()) if claimed else {}
     for spec, attempt in claimed:
         with watch.part("resume"):
             start, state, kept_rows, notes = _resume_point(store, spec)
@@ -62,7 +64,7 @@ def run_pack(
             status[spec.run_id] = store.write_status(
                 spec.run_id, status=RunState.RUNNING, attempts=attempt, host=socket.gethostname(), pid=os.getpid(),
                 started_at=now(), finished_at=None, error=None, stop_reason=None, epochs_done=start,
-                resumed_from=start,
+                resumed_from=start, **made_by,
             )
     writer = PackWriter(store, experiment, attempts, status, rows, watch)
 

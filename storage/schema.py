@@ -52,6 +52,12 @@ STATUS = pa.schema([
     ("started_at", pa.timestamp("ms", tz="UTC")),
     ("updated_at", pa.timestamp("ms", tz="UTC")),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
+    # provenance of the latest attempt (tasks/provenance.py); null in stores from before it
+    ("rethink_version", pa.string()),
+    ("git_commit", pa.string()),  # HEAD of the checkout rethink ran from, "-dirty" if changed
+    ("torch_version", pa.string()),
+    ("cuda_version", pa.string()),
+    ("device", pa.string()),  # "cpu", or e.g. "cuda:0 NVIDIA H200"
 ])
 
 # One row per run per epoch (tasks.train.EPOCH_COLUMNS) plus the probes when measured.

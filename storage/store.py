@@ -276,7 +276,46 @@ class Store:
     # -- epochs and checkpoints -----------------------------------------------------------------
 
     def read_epochs(self, run_id: str) -> list[dict]:
-        return self.read_table(RunPaths(run_id).epochs) or []
+        """The run's epoch rows; DamagedFileError when the file is unreadable or its columns are
+        not the epochs schema's (a resume would otherwise carry them on)."""
+        relative = RunPaths(run_id).epochs
+        rows = self.read_table(relative) or []
+        if rows:
+            self._check_columns(relative, rows[0].keys(), self._file_schema(relative))
+        return rows
+
+    def epoch_rows(self, run_id: str) -> int | None:
+        """How many epoch rows the run's file holds, reading only its footer; None when the file
+        is missing, unreadable or of another schema (for checking done runs cheaply)."""
+        relative = RunPaths(run_id).epochs
+        try:
+            file_schema = self._file_schema(relative)
+            if file_schema is None:
+                return None
+            self._check_columns(relative, file_schema.names, file_schema)
+            with self.fs.open_input_file(self.path(relative)) as f:
+                return pq.ParquetFile(f).metadata.num_rows
+        except (DamagedFileError, pa.ArrowInvalid, OSError):
+            return None
+
+    def _file_schema(self, relative: str) -> pa.Schema | None:
+        try:
+            with self.fs.open_input_file(self.path(relative)) as f:
+                return pq.ParquetFile(f).schema_arrow
+        except FileNotFoundError:
+            return None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DamagedFileError(f"{relative} is damaged: {' '.join(str(exc).split())}") from None
+
+    @staticmethod
+    def _check_columns(relative: str, names, file_schema: pa.Schema | None) -> None:
+        expected = schema.EPOCHS
+        for name in names:
+            if name not in expected.names:
+                raise DamagedFileError(f"{relative} is damaged: unknown column {name!r}")
+            if file_schema is not None and file_schema.field(name).type != expected.field(name).type:
+                raise DamagedFileError(f"{relative} is damaged: column {name!r} is "
+                                       f"{file_schema.field(name).type}, not {expected.field(name).type}")
 
     def write_epochs(self, run_id: str, rows: list[dict]) -> None:
         by_epoch = {row["epoch"]: row for row in rows}  # keyed by (run_id, epoch): never two rows

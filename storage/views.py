@@ -48,13 +48,15 @@ state AS (                  -- runs/*/status.parquet: where each run stands
     SELECT run_id, any_value(status) AS status, any_value(attempts) AS attempts,
            any_value(epochs_done) AS epochs_done, any_value(stop_reason) AS stop_reason,
            any_value(error) AS error, any_value(started_at) AS started_at,
-           any_value(finished_at) AS finished_at
+           any_value(finished_at) AS finished_at, any_value(rethink_version) AS rethink_version,
+           any_value(git_commit) AS git_commit, any_value(torch_version) AS torch_version,
+           any_value(cuda_version) AS cuda_version, any_value(device) AS device
     FROM ({status})
     GROUP BY run_id
 ),
 per_run AS (                -- one pass over the epoch rows
     SELECT run_id,
-           max(epoch) AS epochs_done,{fit_columns}
+           max(epoch) AS epochs_done, count(*) AS epoch_rows,{fit_columns}
            arg_max(train_acc, epoch) AS final_train_acc,
            arg_max(test_acc, epoch) AS final_test_acc,
            max(test_acc) AS best_test_acc,
@@ -66,6 +68,7 @@ progress AS (               -- each config beside its run's epochs (grouped: see
     SELECT c.run_id, c.experiment,
            any_value(COLUMNS(c.* EXCLUDE (run_id, experiment, config))),
            any_value(p.epochs_done) AS epochs_done,
+           any_value(p.epoch_rows) AS epoch_rows,
            any_value({epochs_to_fit}) AS epochs_to_fit,
            any_value({steps_to_fit}) AS steps_to_fit,
            any_value(p.final_train_acc) AS final_train_acc,
@@ -77,14 +80,16 @@ progress AS (               -- each config beside its run's epochs (grouped: see
     LEFT JOIN per_run p ON p.run_id = c.run_id
     GROUP BY c.run_id, c.experiment
 )
-SELECT p.* EXCLUDE (epochs_done, epochs_to_fit, steps_to_fit, final_train_acc, final_test_acc,
+SELECT p.* EXCLUDE (epochs_done, epoch_rows, epochs_to_fit, steps_to_fit, final_train_acc, final_test_acc,
                     best_test_acc, final_gap, config),
        coalesce(s.status, 'pending') AS status,
        coalesce(s.attempts, 0) AS attempts,
        coalesce(p.epochs_done, s.epochs_done, 0) AS epochs_done,
+       coalesce(p.epoch_rows, 0) AS epoch_rows,  -- rows in the store (fewer than epochs_done: rows lost)
        p.epochs_to_fit, p.steps_to_fit,
        p.final_train_acc, p.final_test_acc, p.best_test_acc, p.final_gap,
-       s.stop_reason, s.error, s.started_at, s.finished_at, p.config
+       s.stop_reason, s.error, s.started_at, s.finished_at,
+       s.rethink_version, s.git_commit, s.torch_version, s.cuda_version, s.device, p.config
 FROM progress p
 LEFT JOIN state s ON s.run_id = p.run_id
 """

@@ -59,7 +59,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     grid = parse_grid(GRID)
     s = Store.open(root, create=True)
     s.save_experiment(grid.name, grid.text, [run_row(grid.name, r) for r in grid.runs])
-    assert [r["outcome"] for r in run_pack(str(root), grid.name, [r.to_dict() for r in grid.runs], "unused", token="t")] == ["done"] * 6
+    assert [r.outcome for r in run_pack(str(root), grid.name, [r.to_dict() for r in grid.runs], "unused", token="t")] == ["done"] * 6
     for run in grid.runs:
         c = run.corruption
         if (c.kind, c.level, run.seed) == ("labels", 1.0, 1):

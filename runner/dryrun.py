@@ -3,6 +3,9 @@ product (and its size) before a single GPU-hour is spent."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from rich import box
 from rich.table import Table
 
@@ -17,7 +20,13 @@ def run_table(grid: Grid) -> Table:
     """One row per run (the first HEAD and last TAIL with an ellipsis row between for a huge grid);
     the caption gives the run count and what each task reserves."""
     runs, n = grid.runs, len(grid.runs)
-    caption = f"{n:,} run{'s' if n != 1 else ''} · per task: {_resources(grid.resources)}"
+    run_epochs = sum(run.train.epochs for run in runs)
+    caption = f"{n:,} run{'s' if n != 1 else ''} · {run_epochs:,} run-epochs · per task: {_resources(grid.resources)}"
+    if grid.duplicates:
+        caption += (f" · {grid.duplicates:,} combination{'s' if grid.duplicates != 1 else ''} of the axes "
+                    "repeated a run already listed (same resolved config) and will not train twice")
+    for warning in machine_warnings(grid.resources):
+        caption += f"\nwarning: {warning}"
     elided = n > HUGE
     if elided:
         caption += f" · showing the first {HEAD} and last {TAIL} of {n:,} runs"
@@ -49,6 +58,21 @@ def _cells(run: RunSpec) -> list[str]:
     level = f"{c.level:g}" if c.kind in LABEL_KINDS else "–"
     return [run.run_id, run.data.dataset, model, c.kind, level, run.regularizer.label, str(run.seed),
             str(run.train.epochs)]
+
+
+def machine_warnings(r: Resources) -> list[str]:
+    """What this machine could not give a task of the embedded local cluster (read without torch
+    or Ray: CPUs from the OS, NVIDIA GPUs from the driver's /proc entries)."""
+    warnings = []
+    cpus = os.cpu_count() or 1
+    if r.cpus > cpus:
+        warnings.append(f"each task asks for {r.cpus:g} CPUs and this machine has {cpus}: an embedded cluster "
+                        "cannot run it (lower resources.cpus or submit to a cluster with --address)")
+    gpus = len(list(Path("/proc/driver/nvidia/gpus").glob("*")))
+    if r.gpus > gpus:
+        warnings.append(f"each task asks for {r.gpus:g} GPUs and this machine shows {gpus}: an embedded "
+                        "cluster cannot run it (--set resources.gpus=0, or submit to a GPU cluster)")
+    return warnings
 
 
 def _resources(r: Resources) -> str:

@@ -60,6 +60,7 @@ class Grid:
     runs: tuple[RunSpec, ...]  # expanded in a stable order, duplicates (same run_id) removed
     resources: Resources
     text: str  # the resolved grid as YAML (overrides applied): what the store keeps
+    duplicates: int = 0  # combinations of the axes that resolved to a run already in the grid
 
 
 def load_grid(path: str | Path, overrides: dict[str, object] | None = None) -> Grid:
@@ -178,9 +179,11 @@ def _resolve(raw: Map, problems: Problems, overrides: dict[str, object]) -> Grid
 
     train_spec, data_specs = TrainSpec(**train), [DataSpec(dataset=d, **data) for d in datasets]
     runs: dict[str, RunSpec] = {}
+    combinations = 0
     for d, (m, w, s), c, r, seed in itertools.product(data_specs, models, corruptions, regularizers, seeds):
         run = RunSpec(data=d, model=m, width=w, init_scale=s, corruption=c, regularizer=r, train=train_spec, seed=seed)
         runs.setdefault(run.run_id, run)
+        combinations += 1
     resolved = {
         "name": name, "dataset": datasets,
         "data": {k: v for k, v in dataclasses.asdict(data_specs[0]).items() if k != "dataset"},
@@ -193,7 +196,8 @@ def _resolve(raw: Map, problems: Problems, overrides: dict[str, object]) -> Grid
     if given:
         header += f"\n# overrides: {json.dumps(given, sort_keys=True, default=str)}"
     text = header + "\n" + yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
-    return Grid(name=name, runs=tuple(runs.values()), resources=Resources(**resources), text=text)
+    return Grid(name=name, runs=tuple(runs.values()), resources=Resources(**resources), text=text,
+                duplicates=combinations - len(runs))
 
 
 def _section(raw: Map, key: str, problems: Problems) -> dict[str, Any]:

@@ -20,6 +20,7 @@ LABEL_KINDS = ("labels", "label_noise")  # take a level p in [0, 1]
 IMAGE_KINDS = ("shuffled_pixels", "random_pixels", "gaussian")  # whole training set, no level
 CORRUPTIONS = ("none",) + LABEL_KINDS + IMAGE_KINDS
 OPTIMIZERS = ("sgd", "adam")
+SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}  # (train, test) images
 # Whether a model has BatchNorm when the run leaves batch_norm unset (None).
 DEFAULT_BATCH_NORM: dict[str, bool] = {
     "mlp1x512": False,
@@ -176,6 +177,7 @@ class RunSpec:
             raise SpecError(f"init_scale must be > 0, got {self.init_scale!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise SpecError(f"seed must be an integer >= 0, got {self.seed!r}")
+        _check_split_sizes(self.data)
         object.__setattr__(self, "data", _canonical_data(self.data))
         object.__setattr__(self, "regularizer", _canonical_regularizer(self.regularizer, self.model))
 
@@ -214,6 +216,16 @@ class RunSpec:
         """Runs with equal keys may train together in one pack: same data, same model shape."""
         t = self.train
         return (self.data, self.model, self.width, self.regularizer.batch_norm, t.batch_size, t.epochs)
+
+
+def _check_split_sizes(data: DataSpec) -> None:
+    """A subset larger than the dataset is refused when the run is built (the dataset is known
+    then; a grid's data section is checked before its dataset axis)."""
+    for name, have in zip(("train_size", "test_size"), SPLIT_SIZES.get(data.dataset, ())):
+        want = getattr(data, name)
+        if want is not None and want > have:
+            raise SpecError(f"data.{name}={want} is more than the {have:,} images of {data.dataset}'s "
+                            f"{name.split('_')[0]} split")
 
 
 def _canonical_data(data: DataSpec) -> DataSpec:

@@ -201,3 +201,39 @@ def test_quickstart_example_is_a_small_cpu_grid():
     assert grid.resources == Resources(gpus=0.0, cpus=1.0)
     assert [run.corruption.label for run in grid.runs] == ["none", "labels:0.5", "labels:1"]
     assert all(10 <= run.train.epochs <= 20 and run.data.train_size == 1000 for run in grid.runs)
+
+
+def _dry_run_text(grid: Grid) -> str:
+    console = Console(file=io.StringIO(), width=400)
+    console.print(run_table(grid))
+    return " ".join(console.file.getvalue().split())
+
+
+def test_dry_run_counts_run_epochs_and_names_repeated_combinations():
+    text = """name: dups
+dataset: synthetic
+model: [mlp1x512, resnet18]
+corruption: none
+regularizer: [none, {batch_norm: false}]
+seed: [0, 1]
+train: {epochs: 7}
+resources: {cpus: 1, gpus: 0}
+"""
+    grid = parse_grid(text)
+    # batch_norm: false is the MLP's default (the same run) but not resnet18's (another run)
+    assert (len(grid.runs), grid.duplicates) == (6, 2)
+    shown = _dry_run_text(grid)
+    assert "6 runs · 42 run-epochs" in shown and "2 combinations of the axes repeated a run" in shown
+
+
+def test_dry_run_warns_when_this_machine_cannot_run_a_task():
+    grid = parse_grid("name: big\ndataset: synthetic\nmodel: mlp1x512\ncorruption: none\nseed: 0\n"
+                      "resources: {cpus: 4096, gpus: 0}\n")
+    assert "warning: each task asks for 4096 CPUs" in _dry_run_text(grid)
+
+
+def test_data_sizes_beyond_the_dataset_are_refused_before_anything_runs():
+    with pytest.raises(SpecError, match="more than the 50,000 images of cifar10's train split"):
+        parse_grid("name: x\ndataset: cifar10\ndata: {train_size: 60000}\nmodel: mlp1x512\ncorruption: none\nseed: 0\n")
+    with pytest.raises(SpecError, match="10,000 images of cifar100's test split"):
+        parse_grid("name: x\ndataset: cifar100\ndata: {test_size: 10001}\nmodel: mlp1x512\ncorruption: none\nseed: 0\n")

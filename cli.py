@@ -246,20 +246,21 @@ def query(
 def report(
     name: NameArg,
     store: StoreOpt = DEFAULT_STORE,
-    out: Annotated[Path | None, typer.Option(help="Folder for the PNGs and report.html (default ./report/NAME).", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the figures and report.html (default ./report/NAME).", show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Figure formats, comma-separated: png, pdf, svg.")] = "png",
 ) -> None:
-    """Summary tables, PNG plots (Zhang et al. Fig. 1) and one self-contained HTML page for NAME."""
+    """Summary tables, figures (Zhang et al. Fig. 1) and one self-contained HTML page for NAME."""
     from rich.console import Console
 
     from rethink.runner.report import build_report
 
-    result = build_report(store, name, str(out or Path("report") / name))
+    result = build_report(store, name, str(out or Path("report") / name), fmt)
     typer.echo(result.header)
     for table in result.tables:
         Console().print(table)
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
-    typer.echo(f"wrote {result.html} ({len(result.pngs)} figures beside it)")
+    typer.echo(f"wrote {result.html} ({len(result.figures)} figures as {', '.join(result.formats)} beside it)")
 
 
 def main() -> None:

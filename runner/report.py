@@ -1,10 +1,12 @@
 """`rethink report NAME`: the summary views of one experiment (storage/summaries.py) as tables
-for the terminal, PNG figures (runner/plots.py) and one self-contained HTML page.
+for the terminal, figures (runner/plots.py) as PNG, PDF and/or SVG, and one self-contained HTML
+page that also lists the experiment's settings, provenance and runs.
 
-It reads the store only through the SQL views, so the report shows exactly what `rethink query`
-would, and it writes only outside the store: a report is a product of the results, never part
-of them. Every file is written atomically; the HTML page embeds its images as data URIs and its
-style inline, so it opens offline, mailed or copied anywhere, with nothing to fetch."""
+It reads the store only through the SQL views (and the frozen grid file), so the report shows
+exactly what `rethink query` would, and it writes only outside the store: a report is a product
+of the results, never part of them. Every file is written atomically; the HTML page embeds its
+images as PNG data URIs and its style inline, so it opens offline, mailed or copied anywhere,
+with nothing to fetch (the PDF and SVG files are linked beside it, for papers)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import duckdb
+from matplotlib.figure import Figure
 from rich.table import Table
 
 from rethink.errors import RethinkError
@@ -31,26 +34,50 @@ STATES = ("done", "failed", "running", "pending")
 TABLE_EPOCHS = 6  # epoch columns in the memorization table: first, last, evenly between
 HTML_NAME = "report.html"
 
-# (file, view it is drawn from, how, caption)
-FIGURES: tuple[tuple[str, str, Callable[[list[Row], str], object], str], ...] = (
-    ("fig1a_learning_curves.png", "memorization", plots.fig1a_learning_curves,
-     "Training loss and train accuracy against SGD steps, one line per corruption (Zhang et al. Fig. 1a)."),
-    ("fig1b_time_to_fit.png", "fit_time", plots.fig1b_time_to_fit,
-     "Epochs until the run first reaches the fit threshold, against the fraction of random labels (Fig. 1b)."),
-    ("fig1c_test_error.png", "gaps", plots.fig1c_test_error,
-     "Final test error against the fraction of random labels (Fig. 1c)."),
-    ("probes.png", "probes", plots.probe_curves,
-     "Implicit-regularization probes on the fixed probe batch, against epochs."),
+# (file name without its extension, view it is drawn from, how, caption, (count column, spread)
+# for the caption's note on seeds); a figure carries no title, so its caption says what it shows
+FIGURES: tuple[tuple[str, str, Callable[[list[Row]], Figure | None], str, tuple[str, str]], ...] = (
+    ("fig1a_learning_curves", "memorization", plots.fig1a_learning_curves,
+     "Training loss and train accuracy against SGD steps, one line per corruption (Zhang et al. Fig. 1a).",
+     ("seeds", "band")),
+    ("fig1b_time_to_fit", "fit_time", plots.fig1b_time_to_fit,
+     "Epochs until the run first reaches the fit threshold, against the fraction of random labels (Fig. 1b).",
+     ("fitted", "error bars")),
+    ("fig1c_test_error", "gaps", plots.fig1c_test_error,
+     "Final test error against the fraction of random labels (Fig. 1c).", ("seeds", "error bars")),
+    ("probes", "probes", plots.probe_curves,
+     "Implicit-regularization probes on the fixed probe batch, against epochs.", ("seeds", "band")),
 )
+# The runs table of the page: what `rethink query "select ... from runs"` gives, one row per run.
+RUN_COLUMNS = ("run_id", "model", "corruption", "level", "regularizer", "seed", "status", "epochs_done",
+               "final_train_acc", "final_test_acc", "error")
+# Where each run was made, in the `runs` view of newer stores (NULL for runs of older versions):
+# the page shows those the view has, so it works on stores from before and after they came.
+PROVENANCE = ("rethink_version", "git_commit", "torch_version", "cuda_version", "device")
 
 
 @dataclass
 class ReportResult:
     html: Path  # the self-contained page
-    pngs: list[Path]  # the figures drawn, in FIGURES order
+    figures: dict[str, list[Path]]  # figure name (FIGURES order) -> its files, one per format
+    formats: tuple[str, ...]  # as asked, e.g. ("png", "pdf")
     tables: list[Table]  # the same tables as the page, for the terminal
     header: str  # one line: the experiment's runs per state
     notes: list[str] = field(default_factory=list)  # what was skipped, and why
+
+    @property
+    def pngs(self) -> list[Path]:
+        return [p for files in self.figures.values() for p in files if p.suffix == ".png"]
+
+
+@dataclass
+class _Loaded:
+    """Everything the report reads from the store's views, in one connection."""
+
+    counts: dict[str, int]  # runs per status
+    views: dict[str, list[Row]]  # summary view -> the experiment's rows
+    runs: list[Row]  # RUN_COLUMNS of each run
+    provenance: list[tuple[str, list[tuple[object, int]]]]  # column -> (value, runs) pairs
 
 
 @dataclass
@@ -63,32 +90,56 @@ class _Grid:
     numeric: list[bool]
 
 
-def build_report(store_root: str, name: str, out_dir: str) -> ReportResult:
-    """Tables, figures and the HTML page of experiment `name`, written into `out_dir`."""
+def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """'png,pdf' (or a list) -> ('png', 'pdf'), checked before anything is drawn or written."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    asked = tuple(dict.fromkeys(f.strip().lower() for f in items))
+    allowed = ", ".join(plots.FORMATS)
+    if not asked or "" in asked:
+        raise RethinkError(f"--format needs one or more of {allowed}, comma-separated with no empty item (e.g. png,pdf)")
+    unknown = [f for f in asked if f not in plots.FORMATS]
+    if unknown:
+        raise RethinkError(f"unknown --format {', '.join(repr(f) for f in unknown)}; use one or more of {allowed}, "
+                           "comma-separated (e.g. --format png,pdf)")
+    return asked
+
+
+def build_report(store_root: str, name: str, out_dir: str, formats: str | Iterable[str] = "png") -> ReportResult:
+    """Tables, figures (one file per figure and format) and the HTML page of experiment `name`,
+    written into `out_dir`."""
+    fmts = parse_formats(formats)
     store = Store.open(store_root)
     if not store.local:
         raise RethinkError(f"report reads local stores only; copy '{store_root}' to a folder first (e.g. aws s3 sync)")
     out = _out_dir(Path(store.root), out_dir)
-    counts, views = _load(store.root, name, store_root)
-    header = _header(name, counts)
-    notes = _notes(name, counts, views)
+    loaded = _load(store.root, name, store_root)
+    views = loaded.views
+    settings = store.experiment_grid(name)
+    header = _header(name, loaded.counts)
+    notes = _notes(name, loaded.counts, views)
     grids = [g for g in (_gaps_grid(views["gaps"]), _fit_grid(views["fit_time"]),
                          _memorization_grid(views["memorization"]), _probes_grid(views["probes"])) if g]
-    pngs: list[Path] = []
-    images: list[tuple[str, bytes, str]] = []
-    for filename, view, draw, caption in FIGURES:
-        target = out / filename
-        fig = draw(views[view], name)
+    written: dict[str, list[Path]] = {}
+    images: list[_Image] = []
+    for stem, view, draw, caption, (count, spread) in FIGURES:
+        fig = draw(views[view])
+        for fmt in plots.FORMATS:  # an old report's figure would now mislead beside the new ones
+            if fig is None or fmt not in fmts:
+                (out / f"{stem}.{fmt}").unlink(missing_ok=True)
         if fig is None:
-            target.unlink(missing_ok=True)  # an old report's figure would now mislead
             continue
-        png = plots.png_bytes(fig)
-        write_bytes(target, png)
-        pngs.append(target)
-        images.append((filename, png, caption))
+        files = {fmt: plots.figure_bytes(fig, fmt) for fmt in fmts}
+        written[stem] = []
+        for fmt, data in files.items():
+            write_bytes(out / f"{stem}.{fmt}", data)
+            written[stem].append(out / f"{stem}.{fmt}")
+        png = files.get("png") or plots.figure_bytes(fig, "png")  # the page shows PNG, whatever was asked
+        note = plots.spread_note(views[view], count, spread)
+        images.append(_Image(stem, png, f"{caption} {note}".strip(), [f"{stem}.{f}" for f in fmts if f != "png"]))
     page = out / HTML_NAME
-    write_bytes(page, _html(name, store_root, header, notes, grids, images).encode())
-    return ReportResult(page, pngs, [_rich(g) for g in grids], header, notes)
+    sections = _Sections(settings, loaded.provenance, _runs_grid(loaded.runs))
+    write_bytes(page, _html(name, store_root, header, notes, grids, images, sections).encode())
+    return ReportResult(page, written, fmts, [_rich(g) for g in grids], header, notes)
 
 
 def _out_dir(store: Path, out_dir: str) -> Path:
@@ -102,9 +153,10 @@ def _out_dir(store: Path, out_dir: str) -> Path:
     return out
 
 
-def _load(root: str, name: str, uri: str) -> tuple[dict[str, int], dict[str, list[Row]]]:
-    """Runs per state and every summary view's rows for `name`; a store whose files predate a
-    column gets one retry that reads every file's schema (as `rethink query` does)."""
+def _load(root: str, name: str, uri: str) -> _Loaded:
+    """Runs per state, every summary view's rows, the runs and their provenance for `name`; a
+    store whose files predate a column gets one retry that reads every file's schema (as
+    `rethink query` does)."""
     for union_by_name in (None, True):
         con = None
         try:
@@ -114,7 +166,9 @@ def _load(root: str, name: str, uri: str) -> tuple[dict[str, int], dict[str, lis
                 raise RethinkError(f"no experiment '{name}' in store '{uri}' (experiments: {', '.join(known) or 'none yet'})")
             counts = dict(con.execute("SELECT status, count(*) FROM runs WHERE experiment = ? GROUP BY status",
                                       [name]).fetchall())
-            return counts, {view: _rows(con, f"SELECT * FROM {view} WHERE experiment = ?", [name]) for view in VIEWS}
+            views = {view: _rows(con, f"SELECT * FROM {view} WHERE experiment = ?", [name]) for view in VIEWS}
+            runs = _rows(con, f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE experiment = ?", [name])
+            return _Loaded(counts, views, runs, provenance(con, name))
         except duckdb.Error as exc:
             if union_by_name is None and is_schema_mismatch(exc):
                 continue
@@ -123,6 +177,17 @@ def _load(root: str, name: str, uri: str) -> tuple[dict[str, int], dict[str, lis
             if con is not None:
                 con.close()
     raise AssertionError("unreachable")
+
+
+def provenance(con: duckdb.DuckDBPyConnection, name: str) -> list[tuple[str, list[tuple[object, int]]]]:
+    """For each PROVENANCE column the `runs` view has (read at run time: stores and versions
+    differ), its distinct values over the runs of `name`, with how many runs have each; most
+    common first, NULL (a run from a version that recorded none) last."""
+    columns = {d[0] for d in con.execute("SELECT * FROM runs LIMIT 0").description}
+    sql = ('SELECT "{}" AS value, count(*) AS n FROM runs WHERE experiment = ? GROUP BY 1 '
+           "ORDER BY value IS NULL, n DESC, value")
+    return [(column, [tuple(v) for v in con.execute(sql.format(column), [name]).fetchall()])
+            for column in PROVENANCE if column in columns]
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> list[Row]:
@@ -243,6 +308,36 @@ def _probes_grid(rows: list[Row]) -> _Grid | None:
     return _grid("Probes at the last epoch they were measured (mean over seeds)", keys, ["epoch", *measured], body)
 
 
+def _runs_grid(runs: list[Row]) -> _Grid | None:
+    """Every run of the experiment, failed ones with their error: the rows behind every number."""
+    if not runs:
+        return None
+    order = sorted(runs, key=lambda r: (str(r["model"]), str(r["regularizer"]), corruption_order(r),
+                                        -1 if r["seed"] is None else r["seed"], r["run_id"]))
+    body = [[_run_cell(c, r[c]) for c in RUN_COLUMNS] for r in order]
+    numeric = [c in ("level", "seed", "epochs_done", *_ACCURACIES) for c in RUN_COLUMNS]
+    return _Grid(f"Runs ({len(runs)}); accuracies as fractions, as in `rethink query`", list(RUN_COLUMNS), body, numeric)
+
+
+_ACCURACIES = ("final_train_acc", "final_test_acc")
+
+
+def _run_cell(column: str, value: object) -> str:
+    if column in _ACCURACIES:
+        return _fmt(value, digits=3)  # type: ignore[arg-type]
+    return "" if value is None and column == "error" else plots.cell(value)
+
+
+def _provenance_grid(recorded: list[tuple[str, list[tuple[object, int]]]]) -> _Grid | None:
+    """Where the runs were made: each recorded column's values and how many runs have each."""
+    body = [[column, "— (not recorded: made by an older rethink)" if value is None else str(value), str(n)]
+            for column, values in recorded for value, n in values]
+    if not body:
+        return None
+    return _Grid("Provenance: where the runs were made (distinct values over the experiment's runs)",
+                 ["recorded", "value", "runs"], body, [False, False, True])
+
+
 def _rich(grid: _Grid) -> Table:
     table = Table(title=grid.title, title_justify="left")
     for column, numeric in zip(grid.columns, grid.numeric):
@@ -269,11 +364,40 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; }
+pre { background: #f7f7f7; border: 1px solid #ddd; padding: 0.6em 0.8em; font-size: 0.85em; overflow-x: auto; }
+td.error { max-width: 40em; overflow-wrap: anywhere; }
 """
 
 
+@dataclass
+class _Image:
+    stem: str  # the figure's file name, less its extension
+    png: bytes  # embedded in the page
+    caption: str
+    links: list[str]  # the same figure in the other formats written, beside the page
+
+
+@dataclass
+class _Sections:
+    settings: str  # the frozen grid file (YAML)
+    provenance: list[tuple[str, list[tuple[object, int]]]]
+    runs: _Grid | None
+
+
+def _html_table(grid: _Grid) -> list[str]:
+    e = html.escape
+    parts = ["<table>", f"<caption>{e(grid.title)}</caption>",
+             "<tr>" + "".join(f"<th>{e(c)}</th>" for c in grid.columns) + "</tr>"]
+    for row in grid.rows:
+        cells = (f'<td class="num">{e(v)}</td>' if numeric else f'<td class="{e(c)}">{e(v)}</td>'
+                 for c, v, numeric in zip(grid.columns, row, grid.numeric))
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    return parts
+
+
 def _html(name: str, store: str, header: str, notes: list[str], grids: list[_Grid],
-          images: list[tuple[str, bytes, str]]) -> str:
+          images: list[_Image], sections: _Sections) -> str:
     e = html.escape
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -282,21 +406,23 @@ def _html(name: str, store: str, header: str, notes: list[str], grids: list[_Gri
              f'<p class="meta">store {e(store)}, written {when}</p>']
     if notes:
         parts += ['<ul class="notes">', *(f"<li>{e(n)}</li>" for n in notes), "</ul>"]
+    parts += ["<h2>Settings</h2>", '<p class="meta">the grid as frozen in the store when the experiment was first '
+              "submitted</p>", f"<pre>{e(sections.settings.rstrip())}</pre>"]
+    if (recorded := _provenance_grid(sections.provenance)) is not None:
+        parts += ["<h2>Provenance</h2>", *_html_table(recorded)]
     if grids:
         parts.append("<h2>Tables</h2>")
     for grid in grids:
-        parts += ["<table>", f"<caption>{e(grid.title)}</caption>",
-                  "<tr>" + "".join(f"<th>{e(c)}</th>" for c in grid.columns) + "</tr>"]
-        for row in grid.rows:
-            cells = (f'<td class="num">{e(v)}</td>' if numeric else f"<td>{e(v)}</td>"
-                     for v, numeric in zip(row, grid.numeric))
-            parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</table>")
+        parts += _html_table(grid)
     if images:
         parts.append("<h2>Figures</h2>")
-    for filename, png, caption in images:
-        data = base64.b64encode(png).decode("ascii")
-        parts += ["<figure>", f'<img src="data:image/png;base64,{data}" alt="{e(filename)}">',
-                  f"<figcaption>{e(filename)}: {e(caption)}</figcaption>", "</figure>"]
+    for image in images:
+        data = base64.b64encode(image.png).decode("ascii")
+        also = " Also as " + ", ".join(f'<a href="{e(link)}">{e(link)}</a>' for link in image.links) + "." \
+            if image.links else ""
+        parts += ["<figure>", f'<img src="data:image/png;base64,{data}" alt="{e(image.stem)}">',
+                  f"<figcaption>{e(image.stem)}: {e(image.caption)}{also}</figcaption>", "</figure>"]
+    if sections.runs is not None:
+        parts += ["<h2>Runs</h2>", *_html_table(sections.runs)]
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)

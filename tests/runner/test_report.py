@@ -1,16 +1,19 @@
-"""`rethink report`: tables, PNG figures and the self-contained HTML page, on a small store trained
-for real in-process (no Ray). Experiment `mem` has label corruption, two seeds, a failed run and
-fake probe values; experiment `pixels` has no label corruption, one seed and no probes."""
+"""`rethink report`: tables, PNG figures and the self-contained HTML page (settings, provenance,
+runs), on a small store trained for real in-process (no Ray). Experiment `mem` has label
+corruption, two seeds, a failed run and fake probe values; experiment `pixels` has no label
+corruption, one seed and no probes. Figure formats and styling: test_figures.py."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import io
 import re
 import struct
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
@@ -20,7 +23,7 @@ from rethink.cli import app
 from rethink.errors import RethinkError
 from rethink.runner import plots
 from rethink.runner.grid import parse_grid, run_row
-from rethink.runner.report import ReportResult, build_report
+from rethink.runner.report import PROVENANCE, ReportResult, build_report, provenance
 from rethink.runner.worker import run_pack
 from rethink.storage import layout, schema
 from rethink.storage.store import Store
@@ -62,7 +65,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         grid = parse_grid(text)
         s.save_experiment(grid.name, grid.text, [run_row(grid.name, r) for r in grid.runs])
         results = run_pack(str(root), grid.name, [r.to_dict() for r in grid.runs], "unused", token="t")
-        assert {r["outcome"] for r in results} == {"done"}
+        assert {r.outcome for r in results} == {"done"}
         for run in grid.runs:
             c = run.corruption
             if grid.name == "mem" and (c.kind, c.level, run.seed) == ("labels", 1.0, 1):
@@ -109,11 +112,12 @@ def text_of(tables) -> str:
 
 def test_report_writes_every_figure_and_one_self_contained_page(mem_report) -> None:
     result, store_unchanged = mem_report
-    assert [p.name for p in result.pngs] == MEM_PNGS
+    assert [p.name for p in result.pngs] == MEM_PNGS and result.formats == ("png",)
+    assert [p.name for files in result.figures.values() for p in files] == MEM_PNGS  # png only, by default
     for png in result.pngs:
         data = png.read_bytes()
         width, height = png_size(data)
-        assert 600 <= width <= 2500 and 300 <= height <= 2500, (png.name, width, height)
+        assert 1200 <= width <= 3000 and 500 <= height <= 2500, (png.name, width, height)  # ~7 in at 300 dpi
         assert len(data) > 10_000, png.name  # something drawn, not a blank canvas
     page = result.html.read_text(encoding="utf-8")
     assert result.html.name == "report.html" and result.html.parent == result.pngs[0].parent
@@ -122,6 +126,7 @@ def test_report_writes_every_figure_and_one_self_contained_page(mem_report) -> N
     rest = DATA_URI.sub("", page)
     assert "http" not in rest and "<link" not in rest and "<script" not in rest and "url(" not in rest
     assert "src=\"data:image/png;base64," in page and rest.count("<img") == 4
+    assert "<a href" not in rest  # no PDF or SVG asked: nothing to link
     for title in ("Final accuracy and generalization gap", "Time to fit", "Memorization", "Probes"):
         assert f"<caption>{title}" in page, title
     assert "labels p=0.5" in page and "<td" in page
@@ -164,13 +169,44 @@ def test_bands_only_with_two_seeds_or_more(store: Path) -> None:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, r)) for r in cursor.fetchall()]
 
-    two, one = plots.fig1a_learning_curves(rows("mem"), "mem"), plots.fig1a_learning_curves(rows("pixels"), "pixels")
+    two, one = plots.fig1a_learning_curves(rows("mem")), plots.fig1a_learning_curves(rows("pixels"))
     loss_axes = [ax for ax in two.axes if ax.get_ylabel().startswith("training loss")]
     assert len(loss_axes) == 1 and len(loss_axes[0].lines) == 3 and len(loss_axes[0].collections) >= 2
     assert all(not ax.collections for ax in one.axes)
     for ax in two.axes:
-        assert ax.get_title() and ax.get_xlabel() == "SGD steps" and ax.get_legend() is not None
-    assert plots.fig1b_time_to_fit(rows("pixels"), "pixels") is None
+        assert ax.get_xlabel() == "SGD steps" and ax.get_ylabel()
+    assert len(two.legends) == 1 and len(two.legends[0].get_texts()) == 3  # one legend for both panels
+    assert plots.fig1b_time_to_fit(rows("pixels")) is None
+
+
+def test_page_lists_settings_runs_and_the_provenance_the_view_has(store: Path, mem_report) -> None:
+    result, _ = mem_report
+    page = result.html.read_text(encoding="utf-8")
+    settings = page.split("<h2>Settings</h2>", 1)[1].split("<h2>", 1)[0]
+    frozen = Store.open(store).experiment_grid("mem")
+    assert f"<pre>{html.escape(frozen.rstrip())}</pre>" in settings and "level: [0.5, 1.0]" in frozen
+    runs = page.split("<h2>Runs</h2>", 1)[1]
+    header = "".join(f"<th>{c}</th>" for c in ("run_id", "model", "corruption", "level", "regularizer", "seed",
+                                               "status", "epochs_done", "final_train_acc", "final_test_acc", "error"))
+    assert header in runs and runs.count("<tr>") == 1 + 6  # header + every run, the failed one too
+    con = connect(str(store))
+    failed, acc = con.execute("SELECT run_id, final_test_acc FROM runs WHERE experiment = 'mem' AND status = 'failed'").fetchone()
+    row = next(r for r in runs.split("<tr>") if failed in r)
+    assert "RuntimeError: boom" in row and ">failed<" in row and f">{acc:.3f}<" in row
+    present = [c for c in PROVENANCE if c in {d[0] for d in con.execute("SELECT * FROM runs LIMIT 0").description}]
+    assert ("<h2>Provenance</h2>" in page) == bool(present)  # skipped, silently, by a view without them
+    for column in present:
+        assert f"<td class=\"recorded\">{column}</td>" in page
+
+
+def test_provenance_reads_whichever_columns_the_runs_view_has() -> None:
+    con = duckdb.connect()
+    con.execute("CREATE VIEW runs AS SELECT * FROM (VALUES ('a', 'mem', '0.2.0', 'cuda:0'), ('b', 'mem', '0.2.0', NULL), "
+                "('c', 'mem', NULL, NULL), ('d', 'other', '9.9', 'cpu')) t(run_id, experiment, rethink_version, device)")
+    assert provenance(con, "mem") == [("rethink_version", [("0.2.0", 2), (None, 1)]),
+                                      ("device", [("cuda:0", 1), (None, 2)])]
+    con.execute("CREATE OR REPLACE VIEW runs AS SELECT 'a' AS run_id, 'mem' AS experiment")
+    assert provenance(con, "mem") == []
 
 
 def test_unknown_experiment_and_bad_out_dirs_are_refused(store: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from rich.progress import Progress as RichProgress
 from rethink.tasks.spec import RunSpec
 
 REFRESH_S = 2.0  # how often the epochs of running runs are read back from the store
+SUMMARY_EVERY_S = 60.0  # --quiet: a summary line this often, for cluster logs
 
 
 class Progress:
@@ -22,6 +23,8 @@ class Progress:
         self.finished_epochs = 0  # epochs of runs that have ended
         self.running_epochs: dict[str, int] = {}
         self.last_refresh = 0.0
+        self.total = total
+        self.started = self.last_summary = time.monotonic()
         self.bar = RichProgress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[states]}"), TaskProgressColumn(), TimeRemainingColumn(),
@@ -49,9 +52,28 @@ class Progress:
             self.done += 1
         else:
             self.failed += 1
-            if self.quiet:
-                print(f"{self.name}: run {run.run_id} failed: {error}", file=sys.stderr, flush=True)
+        if self.quiet:  # one plain line per finished run: what a cluster's driver log shows
+            what = "done" if ok else f"failed: {error}"
+            print(f"{self.name}: [{self.done + self.failed}/{self.total}] run {run.run_id} "
+                  f"({run.model} {run.corruption.label} {run.regularizer.label} seed {run.seed}) {what}",
+                  file=sys.stderr, flush=True)
         self._show()
+
+    def say(self, message: str) -> None:
+        """What is happening before the first epoch (starting Ray, waiting for workers)."""
+        if self.quiet:
+            print(f"{self.name}: {message}", file=sys.stderr, flush=True)
+        else:
+            self.bar.update(self.runs, states=message)
+
+    def tick(self) -> None:
+        """--quiet: a summary line every SUMMARY_EVERY_S while the grid runs."""
+        if self.quiet and time.monotonic() - self.last_summary >= SUMMARY_EVERY_S:
+            self.last_summary = time.monotonic()
+            elapsed = int(time.monotonic() - self.started)
+            print(f"{self.name}: {self.done} done, {self.failed} failed, "
+                  f"{self.total - self.done - self.failed} to go; {elapsed // 60}:{elapsed % 60:02d} elapsed",
+                  file=sys.stderr, flush=True)
 
     def refresh(self, store, running: list[RunSpec]) -> None:
         """Read back how far the running runs are (one small file per running run); nothing with

@@ -109,6 +109,7 @@ def run_experiment(
         if prepare:
             prepare()
         return summary
+    _say_starting(name, address)
     owns_ray = connect_ray(address, quiet)
     _check_feasible(resources, owns_ray)
     if prepare:
@@ -139,6 +140,7 @@ def run_experiment(
         with progress:
             for pack in packs(todo, pack_size, gpu_bytes_per_task(resources)):
                 launch(pack)
+            progress.say(f"{len(in_flight)} task{'s' if len(in_flight) != 1 else ''} queued; workers loading torch and data")
             while in_flight or busy:
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_S) if in_flight else ([], [])
                 for ref in ready:
@@ -154,6 +156,7 @@ def run_experiment(
                     last_busy_check = time.monotonic()
                     busy = _relaunch_free(store, busy, launch, summary, progress)
                 progress.refresh(store, [r for p in in_flight.values() for r in p])
+                progress.tick()
     except KeyboardInterrupt:
         summary.cancelled = True
         raise Interrupted(f"interrupted; the grid is resumable: `rethink resume {name}`") from None
@@ -163,6 +166,15 @@ def run_experiment(
         if owns_ray:
             _shutdown(embedded=not (address or os.environ.get("RAY_ADDRESS")))
     return summary
+
+
+def _say_starting(name: str, address: str | None) -> None:
+    """The first seconds of a submit are Ray's start: say so, on stderr, before they pass."""
+    import sys
+
+    where = address or os.environ.get("RAY_ADDRESS")
+    what = f"joining the Ray cluster at {where}" if where else "starting an embedded Ray cluster"
+    print(f"{name}: {what}…", file=sys.stderr, flush=True)
 
 
 def _task_retries() -> int:

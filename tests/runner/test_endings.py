@@ -40,6 +40,12 @@ def test_a_run_that_raises_is_failed_with_its_error(tmp_path):
     failed = sql(tmp_path / "s", "select model, status, stop_reason, error from runs where status <> 'done'")
     assert {(m, s, r) for m, s, r, _ in failed} == {("inception_small", "failed", "error")}
     assert len(failed) == 6 and all(e for *_, e in failed)
+    # --quiet, for cluster logs: what happens before the first epoch, then one line per finished run
+    lines = result.stderr.splitlines()
+    assert lines[0] == "raises: starting an embedded Ray cluster…" and "queued" in lines[1]
+    finished = [line for line in lines if line.startswith("raises: [")]
+    assert len(finished) == 12 and finished[-1].startswith("raises: [12/12]")
+    assert sum(" failed: " in line and "inception_small" in line for line in finished) == 6
     status = rethink("status", "--store", str(tmp_path / "s"))
     assert status.returncode == 0 and "failed runs" in status.stdout and "Traceback" not in status.stderr
     assert sql(tmp_path / "s", "select count(*) from runs where status = 'running'") == [(0,)]

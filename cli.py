@@ -227,8 +227,9 @@ def logs(
 def query(
     sql: Annotated[str, typer.Argument(help="A read-only SQL query over the views runs and epochs.")],
     store: StoreOpt = DEFAULT_STORE,
-    fmt: Annotated[str, typer.Option("--format", help="table | csv | json | parquet")] = "table",
-    out: Annotated[Path | None, typer.Option(help="Write the result to this file instead of stdout.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json (one array of row objects) | parquet (needs --out). With --out, rows stream to the file as DuckDB makes them.")] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write the result to this regular file (atomically) instead of stdout.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop the query after this many seconds (default: no limit; Ctrl-C stops it too).", show_default=False)] = None,
 ) -> None:
     """Ask the store a question in SQL (DuckDB, read-only)."""
     from rethink.storage.query import run_query
@@ -237,7 +238,7 @@ def query(
     opened = Store.open(store)
     if not opened.local:
         raise RethinkError(f"query reads local stores only; copy '{store}' to a folder first (e.g. aws s3 sync)")
-    text = run_query(opened.root, sql, fmt, str(out) if out else None)
+    text = run_query(opened.root, sql, fmt, str(out) if out else None, timeout=timeout)
     if text is not None:
         typer.echo(text)
 

@@ -1,4 +1,11 @@
-"""The one root of every error a user may cause; cli.py turns it into one line and exit code."""
+"""The one root of every error a user may cause; cli.py turns it into one line and exit code.
+OS errors on paths the user gave become sentences here too (`path_error`, `os_errors`)."""
+
+from __future__ import annotations
+
+import errno
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class RethinkError(Exception):
@@ -15,3 +22,48 @@ class SpecError(RethinkError):
 
 class DataError(RethinkError):
     """A dataset that cannot be found, downloaded or read."""
+
+
+class PathError(RethinkError):
+    """A file or folder the user named that cannot be read or written there."""
+
+
+# What each OS error means for a path the user gave, as the end of a sentence.
+_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "the operation is not permitted there",
+    errno.ENOENT: "a folder on the way does not exist or cannot hold files (e.g. /proc, /sys)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder",
+    errno.EEXIST: "something that is not a folder is already there",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the filesystem is read-only",
+    errno.ENAMETOOLONG: "a name in the path is too long for the filesystem",
+    errno.ELOOP: "too many symbolic links",
+    errno.EXDEV: "it is on another filesystem than its temporary file",
+    errno.EBUSY: "it is busy",
+    errno.ENXIO: "it is a device that cannot be opened for this",
+}
+
+
+def path_error(exc: OSError, doing: str, path: object) -> PathError:
+    """An OSError met while `doing` something to `path` (e.g. "write", "create the store"),
+    as one sentence that names the path, the cause and what to do."""
+    reason = _REASONS.get(exc.errno or 0) or " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
+    return PathError(f"cannot {doing} {path}: {reason}; choose another path")
+
+
+@contextmanager
+def os_errors(doing: str, path: object) -> Iterator[None]:
+    """Turn any OSError raised inside into `path_error(...)`: the one place that words them."""
+    try:
+        yield
+    except OSError as exc:
+        raise path_error(exc, doing, path) from None
+
+
+class Interrupted(RethinkError):
+    """The user stopped a command (Ctrl-C) while it ran; nothing half-done was kept."""
+
+    exit_code = 130

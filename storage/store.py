@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rethink.errors import RethinkError
+from rethink.errors import RethinkError, os_errors
 from rethink.storage import schema
 from rethink.storage.atomic import write_bytes
 from rethink.storage.layout import MARKER, ExperimentPaths, RunPaths, attempt_of, epoch_of
@@ -47,6 +47,11 @@ class Store:
     def open(cls, uri: str | Path, create: bool = False) -> Store:
         """Open the store at `uri`; with create, make it when the place is absent or empty."""
         text = str(uri)
+        scheme, sep, rest = text.partition("://")
+        if sep and scheme.lower() in ("s3", "gs", "gcs") and not rest.split("/", 1)[0].split("?", 1)[0]:
+            raise StoreError(f"store '{text}' names no bucket: give {scheme}://BUCKET/PATH")
+        if not text.strip():
+            raise StoreError("--store is empty: give a folder or a URI such as s3://BUCKET/PATH")
         try:
             fs, root = pafs.FileSystem.from_uri(text if "://" in text else str(Path(text).absolute()))
         except (pa.ArrowInvalid, ValueError, OSError) as exc:
@@ -55,13 +60,16 @@ class Store:
         kind = store._info(root).type
         if kind == pafs.FileType.File:
             raise StoreError(f"'{text}' is a file, not a store folder")
+        if kind not in (pafs.FileType.Directory, pafs.FileType.NotFound):  # a device, FIFO or socket
+            raise StoreError(f"'{text}' is not a folder (a device, pipe or socket); give a folder for the store")
         if store._info(f"{root}/{MARKER}").type == pafs.FileType.File:
             return store
         if not create:
             raise StoreError(f"'{text}' is not a rethink store (no {MARKER}); `rethink submit` makes one")
         if kind == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(root)):
             raise StoreError(f"'{text}' is a folder that is not empty and not a rethink store; choose another --store")
-        store.write(MARKER, json.dumps({"rethink_store": 1, "created": now().isoformat()}).encode())
+        with os_errors("create the store", f"'{text}'"):  # the first write: a path that cannot be a store
+            store.write(MARKER, json.dumps({"rethink_store": 1, "created": now().isoformat()}).encode())
         return store
 
     # -- files ----------------------------------------------------------------------------------

@@ -151,3 +151,34 @@ def test_logs_checks_the_name_before_calling_the_cluster() -> None:
 
 def test_a_name_of_100_characters_is_accepted(tmp_path: Path) -> None:
     assert parse_grid(f"name: {'a' * 100}\n").name == "a" * 100
+
+
+def bad_stores(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "afile").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    return {
+        "a device": "/dev/null",
+        "a device as a URI": "file:///dev/null",
+        "a FIFO": str(tmp_path / "fifo"),
+        "under a device": "/dev/null/store",
+        "under a regular file": str(tmp_path / "afile" / "store"),
+        "in /proc": "/proc/rethink-store",
+        "in /sys": "/sys/kernel/rethink-store",
+        "a name too long": str(tmp_path / ("a" * 300)),
+        "s3 without a bucket": "s3://",
+        "s3 without a bucket, with a path": "s3:///x",
+        "gs without a bucket": "gs://",
+        "empty": "",
+    }
+
+
+@pytest.mark.parametrize("command", ["submit", "status", "query"])
+def test_store_paths_that_cannot_hold_a_store(command: str, tmp_path: Path) -> None:
+    """Checked before any work (no Ray starts): one line naming the path."""
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    args = {"submit": ["submit", str(good), "--quiet"], "status": ["status"], "query": ["query", "select 1"]}[command]
+    for label, store in bad_stores(tmp_path).items():
+        line = one_line_error(args + ["--store", store])
+        assert (store in line) or not store, f"{label}: {line}"
+    assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "afile").is_dir()

@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import pyarrow as pa
@@ -174,7 +175,7 @@ def _source(con: duckdb.DuckDBPyConnection, root: str, glob: str, table_schema: 
     first = _first_file(root, glob)
     if first is None:
         return empty
-    files = _literal(f"{root}/{glob}")
+    files = _files(root, glob)
     try:
         missing = [name for name in table_schema.names if name not in pq.read_schema(first).names]
     except (pa.ArrowException, OSError):  # not Parquet: DuckDB names the file when it reads it
@@ -192,6 +193,15 @@ def _source(con: duckdb.DuckDBPyConnection, root: str, glob: str, table_schema: 
     return f"{empty}\n    UNION ALL BY NAME\n    {read}" if missing else read
 
 
+def _files(root: str, glob: str) -> str:
+    """The SQL for the files of `glob` under `root`. A store folder whose path holds a glob
+    character (`s[1]*`) is a folder, not a pattern: its files are listed here, one by one, since
+    the read-only lock (allowed_directories) checks the pattern's text as a path."""
+    if not any(c in root for c in "[]*?"):
+        return _literal(f"{root}/{glob}")
+    return "[" + ", ".join(_literal(str(path)) for path in _matches(root, glob)) + "]"
+
+
 def _empty(table_schema: pa.Schema) -> str:
     """Zero rows with the columns and types of `table_schema`."""
     return "SELECT " + ", ".join(
@@ -201,18 +211,22 @@ def _empty(table_schema: pa.Schema) -> str:
 
 def _first_file(root: str, glob: str) -> Path | None:
     """The file DuckDB reads first for `glob` (it sorts the matches); None when none exists."""
+    return next(_matches(root, glob), None)
+
+
+def _matches(root: str, glob: str) -> Iterator[Path]:
+    """The files of `glob` under the folder `root` (taken literally), in DuckDB's sorted order."""
     folder, star, name = glob.split("/")  # the layout's globs are all "<folder>/*/<file>"
     if star != "*":
         raise ValueError(f"unexpected glob {glob!r}")
     try:
         entries = sorted(entry.name for entry in os.scandir(os.path.join(root, folder)))
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return
     for entry in entries:
         candidate = Path(root, folder, entry, name)
         if candidate.is_file():
-            return candidate
-    return None
+            yield candidate
 
 
 def _sql_type(arrow: pa.DataType) -> str:

@@ -4,9 +4,13 @@ researcher can step through with pdb."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import sys
 from pathlib import Path
 
+from rethink.errors import SpecError, os_errors
 from rethink.runner.console import EpochTable
 from rethink.storage.atomic import write_bytes
 from rethink.tasks.checkpoint import dumps
@@ -24,7 +28,9 @@ def run_one(
 ) -> RunOutcome:
     """Train `spec` to its end, printing each epoch (a live table, or JSON lines with as_json).
     With `checkpoint`, resume from that file when it exists and rewrite it atomically."""
-    resume = {spec.run_id: checkpoint.read_bytes()} if checkpoint and checkpoint.exists() else None
+    check_device(device)
+    blob = _read_checkpoint(checkpoint) if checkpoint else None
+    resume = {spec.run_id: blob} if blob is not None else None
 
     def save(run_id: str, epoch: int, state: dict) -> None:
         if checkpoint:
@@ -47,3 +53,43 @@ def run_one(
         print(f"run {spec.run_id}: {outcome.stop_reason} after {outcome.epochs_done} epochs, {fit}, best test acc {best}",
               file=sys.stderr)
     return outcome
+
+
+DEVICES = "cpu, cuda, cuda:N (N a GPU index)"
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a --device this machine cannot train on, before any data is loaded."""
+    if device is None:
+        return
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if not match:
+        raise SpecError(f"--device {device!r} is not a device rethink trains on; use one of {DEVICES}")
+    if device == "cpu":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        raise SpecError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise SpecError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+
+
+def _read_checkpoint(path: Path) -> bytes | None:
+    """The checkpoint's bytes, or None when there is none yet. A folder, a device, or a place no
+    file can be written (under a file, /proc) is one line before training, not at the first save."""
+    with os_errors("use --checkpoint", path):
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            folder = next(p for p in path.absolute().parents if p.exists())
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise SpecError(f"--checkpoint {path} cannot be written ({folder} is not a writable folder): "
+                                "give a path in a folder you can write") from None
+            return None
+        if stat.S_ISDIR(mode):
+            raise SpecError(f"--checkpoint {path} is a folder: give a file name, e.g. {path / 'run.ckpt'}")
+        if not stat.S_ISREG(mode):
+            raise SpecError(f"--checkpoint {path} is not a regular file (a device, pipe or socket): give a file name")
+        return path.read_bytes()

@@ -182,3 +182,30 @@ def test_store_paths_that_cannot_hold_a_store(command: str, tmp_path: Path) -> N
         line = one_line_error(args + ["--store", store])
         assert (store in line) or not store, f"{label}: {line}"
     assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "afile").is_dir()
+
+
+def train_cases(tmp_path: Path) -> dict[str, list[str]]:
+    (tmp_path / "afile").write_text("x")
+    cases = {
+        "--device tpu": ["--device", "tpu"],
+        "--device cuda:x": ["--device", "cuda:x"],
+        "--device gpu": ["--device", "gpu"],
+        "--device CPU": ["--device", "CPU"],
+        "--checkpoint a folder": ["--checkpoint", str(tmp_path)],
+        "--checkpoint a device": ["--checkpoint", "/dev/null"],
+        "--checkpoint under a file": ["--checkpoint", str(tmp_path / "afile" / "run.ckpt")],
+    }
+    import torch
+
+    if not torch.cuda.is_available():
+        cases |= {"--device cuda without CUDA": ["--device", "cuda"], "--device cuda:0 without CUDA": ["--device", "cuda:0"]}
+    else:
+        cases |= {"--device cuda:N past the GPUs": ["--device", f"cuda:{torch.cuda.device_count()}"]}
+    return cases
+
+
+def test_train_refuses_devices_and_checkpoints_before_training(tmp_path: Path) -> None:
+    for label, extra in train_cases(tmp_path).items():
+        line = one_line_error(["train", "--dataset", "synthetic", "--epochs", "1", *extra])
+        assert ("--device" in line and ("cpu" in line or "GPU" in line)) or "--checkpoint" in line, f"{label}: {line}"
+    assert (tmp_path / "afile").read_text() == "x" and os.path.exists("/dev/null")

@@ -310,8 +310,26 @@ def _read_parquet(name: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     images = table.column("image")
     if pa.types.is_struct(images.type):  # Hugging Face style {bytes, path}
         images = pa.chunked_array([chunk.field("bytes") for chunk in images.chunks])
-    labels = table.column(label).to_numpy().astype(np.int64)
+    labels = _labels(name, path, label, table.column(label))  # checked before the slow decoding
     return _decode(images.to_pylist(), path), labels
+
+
+def _labels(name: str, path: Path, label: str, column: "pa.ChunkedArray") -> np.ndarray:
+    """Class indices 0..classes-1 as int64; strings, floats, empty or out-of-range labels are one
+    line naming the file and the column (not a crash deep in training)."""
+    import pyarrow as pa
+
+    classes = _CIFAR[name][0]
+    if not pa.types.is_integer(column.type):
+        raise DataError(f"{path}: column '{label}' holds {column.type}, not class indices; "
+                        f"write it as integers 0..{classes - 1}")
+    if column.null_count:
+        raise DataError(f"{path}: column '{label}' has {column.null_count} empty labels; every image needs one")
+    labels = column.to_numpy().astype(np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"{path}: column '{label}' holds {labels.min()}..{labels.max()}; "
+                        f"{name} labels are 0..{classes - 1}")
+    return labels
 
 
 def _decode(blobs: list[bytes], source: Path) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -170,8 +171,6 @@ def run_experiment(
 
 def _say_starting(name: str, address: str | None) -> None:
     """The first seconds of a submit are Ray's start: say so, on stderr, before they pass."""
-    import sys
-
     where = address or os.environ.get("RAY_ADDRESS")
     what = f"joining the Ray cluster at {where}" if where else "starting an embedded Ray cluster"
     print(f"{name}: {what}…", file=sys.stderr, flush=True)

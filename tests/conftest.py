@@ -117,3 +117,30 @@ def make_cifar(tmp_path: Path) -> Callable[..., TinyCifar]:
         return TinyCifar(root, *arrays)
 
     return make
+
+
+# -- a real S3 server (tests/s3server.py) ------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """SeaweedFS on loopback for the whole session; the tests that use it skip, saying why,
+    where it cannot start."""
+    from tests import s3server
+
+    try:
+        server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
+    except s3server.ServerUnavailable as exc:
+        pytest.skip(f"no S3 server here: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A store URI in a fresh bucket of the session's S3 server, its keys in the environment
+    (as a cluster's workers have them)."""
+    from tests import s3server
+
+    for key, value in s3server.CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    return s3_server.uri(s3_server.new_bucket())

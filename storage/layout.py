@@ -9,6 +9,15 @@ paths here are relative to its root, Hive-partitioned so DuckDB, pandas and pola
     runs/run_id=ID/claims/attempt=NNNN.json      who trains the run; the highest attempt owns it
     epochs/run_id=ID/epochs.parquet              one row per finished epoch, rewritten whole
     checkpoints/run_id=ID/epoch=NNNN.ckpt        resumable state every checkpoint_every epochs
+    epochs/part=GEN/epochs.parquet               compacted: epoch rows of many finished runs
+    runs/part=GEN/status.parquet                 compacted: their status rows (same GEN, same runs)
+    compaction/newest.json                       the GEN of the newest part a compaction finished
+    compaction/lock=NNNN.json                    held while a compaction runs; the highest owns it
+
+A part's footer lists the runs it holds. A run's per-run file wins over any part, and the newest
+GEN holding a run wins among parts (storage/parts.py, storage/compact.py). The `*` globs below
+match per-run files and parts alike: what plain readers read; rethink's views read
+`parts.sources`, which says which runs to skip in which part.
 """
 
 from __future__ import annotations
@@ -84,10 +93,42 @@ class RunPaths:
         return f"{self.checkpoints}/epoch={epoch:04d}.ckpt"
 
 
-# Glob patterns the SQL views read (relative to the store root).
+# Glob patterns (relative to the store root). STATUS_GLOB and EPOCHS_GLOB match per-run files
+# and parts alike; read them through parts.sources, which says what to skip.
 STATUS_GLOB = "runs/*/status.parquet"
 EPOCHS_GLOB = "epochs/*/epochs.parquet"
 EXPERIMENT_RUNS_GLOB = "experiments/*/runs.parquet"
+
+# Compacted parts (storage/compact.py). GEN sorts by time: YYYYMMDDTHHMMSSffffffZ-<8 hex>.
+RUN_PREFIX = "run_id="
+PART_PREFIX = "part="
+TABLE_FILES = {"epochs": ("epochs", "epochs.parquet"), "status": ("runs", "status.parquet")}  # folder, file
+PARTS_MARKER = "compaction/newest.json"
+COMPACT_LOCKS = "compaction"
+GEN_PATTERN = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{8}")
+
+
+def run_glob(table: str) -> str:
+    """The per-run files of `table` ("epochs" or "status")."""
+    folder, name = TABLE_FILES[table]
+    return f"{folder}/{RUN_PREFIX}*/{name}"
+
+
+def part_path(table: str, gen: str) -> str:
+    folder, name = TABLE_FILES[table]
+    return f"{folder}/{PART_PREFIX}{gen}/{name}"
+
+
+part_glob = part_path  # one part: its path is its own glob (a GEN holds no glob characters)
+
+
+def compact_lock(number: int) -> str:
+    return f"{COMPACT_LOCKS}/lock={number:04d}.json"
+
+
+def lock_of(name: str) -> int | None:
+    match = re.fullmatch(r"lock=(\d+)\.json", name)
+    return int(match.group(1)) if match else None
 
 
 def attempt_of(claim_name: str) -> int | None:

@@ -1,12 +1,28 @@
 """Where a table's rows live. Each run writes its own files (`epochs/run_id=ID/epochs.parquet`,
-`runs/run_id=ID/status.parquet`); compaction folds finished runs' files into few larger parts.
-Readers ask `sources` which files to read, and which runs' rows in each are superseded by a
-newer source (a run resumed after compaction writes its own file again, which wins)."""
+`runs/run_id=ID/status.parquet`); compaction (compact.py) folds finished runs' files into few
+larger parts (`epochs/part=GEN/epochs.parquet`, `runs/part=GEN/status.parquet`). Readers ask
+`sources` which files to read, and which runs' rows in each are superseded by a newer source.
+
+Precedence, the exactly-once rule: a run's per-run file wins over every part; among parts, the
+newest GEN holding the run wins. Each part's footer (key-value metadata `rethink.runs`) lists the
+run ids it holds and their row counts, so which runs a part covers costs a footer read, never a
+scan. Parts are immutable once written (a GEN is unique), so footers are cached per Store; the
+listing of parts is not (a compaction adds and deletes parts), except for the Store's per-run
+fallback reads, which check `layout.PARTS_MARKER` (the newest finished GEN) to know when their
+cached listing is out of date."""
 
 from __future__ import annotations
 
+import json
+import os
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from rethink.storage import layout
 
@@ -14,6 +30,7 @@ if TYPE_CHECKING:
     from rethink.storage.store import Store
 
 Table = Literal["epochs", "status"]
+RUNS_KEY = b"rethink.runs"  # footer key: JSON {run_id: rows} of the runs a part holds
 
 
 @dataclass(frozen=True)
@@ -28,6 +45,176 @@ class Source:
     exclude: frozenset[str] = field(default_factory=frozenset)
 
 
+@dataclass(frozen=True)
+class Part:
+    """One part file: its GEN, path (relative to the store root) and {run_id: rows} it holds."""
+
+    gen: str
+    path: str
+    runs: dict[str, int]
+
+
 def sources(store: Store, table: Table) -> list[Source]:
-    """The sources of `table` ("epochs" or "status") in the store, newest last."""
-    return [Source(layout.EPOCHS_GLOB if table == "epochs" else layout.STATUS_GLOB)]
+    """The sources of `table` ("epochs" or "status") in the store: the parts oldest first, then the
+    per-run files (newest last: a later source wins over an earlier one for a run both hold).
+    Costs one listing of the table's folder, one footer per part not seen before on this Store,
+    and a stat per run that a part holds and that also has a per-run folder."""
+    found = list_parts(store, table)
+    if not found:
+        return [Source(layout.run_glob(table))]
+    held = set().union(*(part.runs for part in found))
+    newer = per_run_ids(store, table, held)
+    out = []
+    for part in reversed(found):
+        out.append(Source(layout.part_glob(table, part.gen), frozenset(newer.intersection(part.runs))))
+        newer |= part.runs.keys()
+    return [*reversed(out), Source(layout.run_glob(table))]
+
+
+def list_parts(store: Store, table: Table) -> list[Part]:
+    """The table's parts in the store now, oldest GEN first (footers cached per Store)."""
+    cache = _cache(store)["footers"]
+    found = []
+    for gen in sorted(g for g in _entries(store, table, layout.PART_PREFIX) if layout.GEN_PATTERN.fullmatch(g)):
+        path = layout.part_path(table, gen)
+        if path not in cache:
+            runs = read_footer(store, path)
+            if runs is None:
+                continue  # gone since the listing, or not a part rethink wrote: not a source
+            cache[path] = runs
+        found.append(Part(gen, path, cache[path]))
+    return found
+
+
+def read_footer(store: Store, path: str) -> dict[str, int] | None:
+    """{run_id: rows} from a part's footer; None when the file is absent or holds no such list."""
+    try:
+        with store.fs.open_input_file(store.path(path)) as f:
+            meta = pq.ParquetFile(f).metadata.metadata or {}
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowInvalid, OSError):
+        return None
+    try:
+        runs = json.loads(meta.get(RUNS_KEY, b"null"))
+    except ValueError:
+        return None
+    return {str(k): int(v) for k, v in runs.items()} if isinstance(runs, dict) else None
+
+
+def per_run_ids(store: Store, table: Table, candidates: set[str]) -> set[str]:
+    """Which of `candidates` have a per-run file of `table` now."""
+    if not candidates:
+        return set()
+    folder, name = layout.TABLE_FILES[table]
+    if store.local:
+        listed = _entries(store, table, layout.RUN_PREFIX) & candidates
+        return {run_id for run_id in listed
+                if os.path.isfile(store.path(f"{folder}/{layout.RUN_PREFIX}{run_id}/{name}"))}
+    selector = pafs.FileSelector(store.path(folder), allow_not_found=True, recursive=True)
+    prefix = store.path(f"{folder}/{layout.RUN_PREFIX}")
+    found = set()
+    for info in store.fs.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.path.startswith(prefix) and info.path.endswith(f"/{name}"):
+            run_id = info.path[len(prefix):-len(name) - 1]
+            if "/" not in run_id:
+                found.add(run_id)
+    return found & candidates
+
+
+def newest_holding(store: Store, table: Table, run_id: str) -> Part | None:
+    """The newest part holding `run_id`, from a listing cached on the Store and refreshed when a
+    compaction has finished since (PARTS_MARKER changed). Cached is safe: a compaction deletes a
+    run's per-run file only after writing its part and the marker, and after deleting the older
+    parts it merged, so a reader that finds no per-run file finds a current part."""
+    for part in reversed(_cached_listing(store, table)):
+        if run_id in part.runs:
+            return part
+    return None
+
+
+def read_run(store: Store, table: Table, run_id: str) -> pa.Table | None:
+    """The run's rows from the newest part holding it; None when no part does. A part deleted
+    under us (a compaction merged it into a newer one) sends us to the listing again."""
+    for _ in range(3):
+        part = newest_holding(store, table, run_id)
+        if part is None:
+            return None
+        try:
+            return _read_part(store, part.path, run_id)
+        except FileNotFoundError:
+            _cache(store)["listing"].pop(table, None)
+    return None
+
+
+def run_rows(store: Store, table: Table, run_id: str) -> int | None:
+    """How many rows the newest part holding the run has for it (footer only); None when none."""
+    part = newest_holding(store, table, run_id)
+    return None if part is None else part.runs[run_id]
+
+
+def _read_part(store: Store, path: str, run_id: str) -> pa.Table:
+    """One run's rows of a part. Parts are sorted by run_id in modest row groups, so the filter
+    reads the groups whose statistics can hold it. A status part is small and cached whole."""
+    if path.startswith(layout.TABLE_FILES["status"][0] + "/"):
+        whole = _cache(store)["status"].get(path)
+        if whole is None:
+            with store.fs.open_input_file(store.path(path)) as f:
+                whole = pq.read_table(f)
+            _cache(store)["status"][path] = whole
+        return whole.filter(pc.equal(whole["run_id"], run_id))
+    with store.fs.open_input_file(store.path(path)) as f:
+        return pq.read_table(f, filters=[("run_id", "=", run_id)])
+
+
+def _cached_listing(store: Store, table: Table) -> list[Part]:
+    cache = _cache(store)
+    marker = read_marker(store)
+    held = cache["listing"].get(table)
+    if held is None or held[0] != marker:
+        held = (marker, list_parts(store, table))
+        cache["listing"][table] = held
+    return held[1]
+
+
+def read_marker(store: Store) -> str | None:
+    """The GEN of the newest part a compaction finished writing; None before the first."""
+    blob = store.read(layout.PARTS_MARKER)
+    if not blob:
+        return None
+    try:
+        gen = json.loads(blob).get("newest")
+    except (ValueError, AttributeError):
+        return None
+    return gen if isinstance(gen, str) else None
+
+
+def _entries(store: Store, table: Table, prefix: str) -> set[str]:
+    """The suffixes of the table folder's entries named `prefix` + suffix (GENs or run ids)."""
+    folder = layout.TABLE_FILES[table][0]
+    if store.local:
+        try:
+            names = [entry.name for entry in os.scandir(store.path(folder))]
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+    else:
+        names = store.listdir(folder)
+    return {name[len(prefix):] for name in names if name.startswith(prefix)}
+
+
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cache(store: Store) -> dict:
+    """Per-Store caches: part footers by path and status parts (immutable: safe forever), and the
+    part listing per table with the marker it was taken under."""
+    cache = _CACHES.get(store)
+    if cache is None:
+        cache = {"footers": {}, "status": {}, "listing": {}}
+        _CACHES[store] = cache
+    return cache
+
+
+def forget(store: Store) -> None:
+    """Drop the Store's cached listing (after a compaction it ran itself)."""
+    _cache(store)["listing"].clear()

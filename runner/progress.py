@@ -1,5 +1,10 @@
 """What `submit` and `resume` show while they wait: a Rich progress bar of runs (done / running /
-failed) and epochs with an ETA, or plain log lines with --quiet."""
+failed) and epochs, a line per run in flight (its label, epoch k/N, latest train/test accuracy
+and what it is doing: loading, training, probing), elapsed time and an ETA from the epochs
+trained so far; or, with --quiet, plain log lines for a cluster's driver log.
+
+Everything shown comes from the store: the status file each running run's worker rewrites with
+its rows (runner/writer.py), and the phase it announces before probing (tasks/train.py)."""
 
 from __future__ import annotations
 
@@ -7,31 +12,46 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TaskProgressColumn, TextColumn
 from rich.progress import Progress as RichProgress
 
+from rethink.states import RunState
 from rethink.tasks.spec import RunSpec
 
-REFRESH_S = 2.0  # how often the epochs of running runs are read back from the store
+REFRESH_S = 2.0  # how often the status of running runs is read back from the store
 SUMMARY_EVERY_S = 60.0  # --quiet: a summary line this often, for cluster logs
+SHOWN_RUNS = 8  # per-run lines at most; the rest are counted
+
+
+def clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def run_label(run: RunSpec) -> str:
+    return f"{run.run_id[:8]} {run.model} {run.corruption.label} {run.regularizer.label} seed {run.seed}"
 
 
 class Progress:
     def __init__(self, name: str, total: int, epochs: int, quiet: bool):
         self.name, self.quiet = name, quiet
         self.done = self.failed = 0
+        self.total, self.total_epochs = total, epochs
         self.finished_epochs = 0  # epochs of runs that have ended
-        self.running_epochs: dict[str, int] = {}
+        self.carried: dict[str, int] = {}  # epochs a run to resume already has, until it runs again
+        self.running: dict[str, dict] = {}  # run_id -> its status as last read
         self.last_refresh = 0.0
-        self.total = total
         self.started = self.last_summary = time.monotonic()
+        self.rate_from: tuple[float, int] | None = None  # (time, epochs) when training was first seen
         self.bar = RichProgress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[states]}"), TaskProgressColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[states]}"), TaskProgressColumn(),
             console=Console(stderr=True), disable=quiet,
         )
         self.runs = self.bar.add_task(f"{name} runs", total=total, states="")
         self.epochs = self.bar.add_task(f"{name} epochs", total=epochs, states="")
+        self.lines: dict[str, TaskID] = {}  # run_id -> its line in the bar
 
     def __enter__(self) -> Progress:
         self.bar.__enter__()
@@ -40,13 +60,25 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         self.bar.__exit__(*exc)
 
+    # -- what the scheduler tells ------------------------------------------------------------------
+
     def advance_done(self, runs: int, epochs: int) -> None:
+        """Runs already done before this command (a resume starts from what is done)."""
         self.done += runs
         self.finished_epochs += epochs
         self._show()
 
+    def carry(self, run: RunSpec, epochs_done: int) -> None:
+        """A run to resume that has `epochs_done` epochs from an earlier attempt."""
+        if epochs_done:
+            self.carried[run.run_id] = min(int(epochs_done), run.train.epochs)
+            self._show()
+
     def finished(self, run: RunSpec, ok: bool, error: str | None = None) -> None:
-        self.running_epochs.pop(run.run_id, None)
+        self.running.pop(run.run_id, None)
+        self.carried.pop(run.run_id, None)
+        if run.run_id in self.lines:
+            self.bar.remove_task(self.lines.pop(run.run_id))
         self.finished_epochs += run.train.epochs
         if ok:
             self.done += 1
@@ -70,25 +102,80 @@ class Progress:
         """--quiet: a summary line every SUMMARY_EVERY_S while the grid runs."""
         if self.quiet and time.monotonic() - self.last_summary >= SUMMARY_EVERY_S:
             self.last_summary = time.monotonic()
-            elapsed = int(time.monotonic() - self.started)
             print(f"{self.name}: {self.done} done, {self.failed} failed, "
-                  f"{self.total - self.done - self.failed} to go; {elapsed // 60}:{elapsed % 60:02d} elapsed",
-                  file=sys.stderr, flush=True)
+                  f"{self.total - self.done - self.failed} to go; {self.epochs_done()}/{self.total_epochs} epochs; "
+                  f"{self._timing()}", file=sys.stderr, flush=True)
 
-    def refresh(self, store, running: list[RunSpec]) -> None:
-        """Read back how far the running runs are (one small file per running run); nothing with
-        --quiet, which shows no bar: the driver leaves the CPUs to the tasks."""
-        if self.quiet or time.monotonic() - self.last_refresh < REFRESH_S:
+    def refresh(self, store, in_flight: list[RunSpec]) -> None:
+        """Read back the status of the runs in flight (one small file each, every REFRESH_S).
+        With --quiet it is read only for the minute summary: the driver leaves the CPUs to the
+        tasks."""
+        now = time.monotonic()
+        if now - self.last_refresh < REFRESH_S or (self.quiet and now - self.last_summary < SUMMARY_EVERY_S):
             return
-        self.last_refresh = time.monotonic()
-        self.running_epochs = {}
-        for run in running:
+        self.last_refresh = now
+        running = {}
+        for run in in_flight:
             status = store.read_status(run.run_id) or {}
-            if status.get("status") == "running":
-                self.running_epochs[run.run_id] = int(status.get("epochs_done") or 0)
+            if status.get("status") == RunState.RUNNING:
+                running[run.run_id] = status
+        self.running = running
+        for run_id in running:
+            self.carried.pop(run_id, None)  # its status now says where it restarted from
+        if running and self.rate_from is None:
+            self.rate_from = (now, self.epochs_done())
+        self._show_runs({run.run_id: run for run in in_flight})
         self._show()
 
+    # -- what is shown -----------------------------------------------------------------------------
+
+    def epochs_done(self) -> int:
+        running = sum(int(status.get("epochs_done") or 0) for status in self.running.values())
+        return self.finished_epochs + running + sum(self.carried.values())
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate epochs have been trained since the first run started; None
+        until an epoch has been trained in this command."""
+        if self.rate_from is None:
+            return None
+        since, at = self.rate_from
+        trained, elapsed = self.epochs_done() - at, time.monotonic() - since
+        if trained <= 0 or elapsed <= 0:
+            return None
+        return (self.total_epochs - self.epochs_done()) * elapsed / trained
+
+    def _timing(self) -> str:
+        eta = self.eta_seconds()
+        return f"{clock(time.monotonic() - self.started)} elapsed" + (f", about {clock(eta)} left" if eta is not None else "")
+
     def _show(self) -> None:
-        states = f"done {self.done} · running {len(self.running_epochs)} · failed {self.failed}"
+        states = f"done {self.done} · running {len(self.running)} · failed {self.failed}"
         self.bar.update(self.runs, completed=self.done + self.failed, states=states)
-        self.bar.update(self.epochs, completed=self.finished_epochs + sum(self.running_epochs.values()))
+        self.bar.update(self.epochs, completed=self.epochs_done(), states=self._timing())
+
+    def _show_runs(self, specs: dict[str, RunSpec]) -> None:
+        """A line per running run (SHOWN_RUNS at most, the rest counted in the last one)."""
+        if self.quiet:
+            return
+        shown = [run_id for run_id in self.running if run_id in specs][:SHOWN_RUNS]
+        for run_id in [r for r in self.lines if r not in shown]:
+            self.bar.remove_task(self.lines.pop(run_id))
+        hidden = len(self.running) - len(shown)
+        for i, run_id in enumerate(shown):
+            run, status = specs[run_id], self.running[run_id]
+            line = describe(status)
+            if hidden and i == len(shown) - 1:
+                line += f"   (+{hidden} more running)"
+            if run_id not in self.lines:
+                self.lines[run_id] = self.bar.add_task(f"  {run_label(run)}", total=run.train.epochs, states="")
+            self.bar.update(self.lines[run_id], completed=int(status.get("epochs_done") or 0), states=line)
+
+
+def describe(status: dict) -> str:
+    """A running run's latest accuracies and what it does now, from its status row."""
+    parts = []
+    for key, name in (("train_acc", "train"), ("test_acc", "test")):
+        if status.get(key) is not None:
+            parts.append(f"{name} {status[key]:.3f}")
+    parts.append(status.get("phase") or "training")
+    return " · ".join(parts)

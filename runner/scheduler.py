@@ -97,9 +97,10 @@ def run_experiment(
     import ray
 
     summary = Summary()
-    todo, lost = [], []
+    todo, lost, carried = [], [], {}
     for run in runs:
         status = store.read_status(run.run_id)
+        carried[run.run_id] = int((status or {}).get("epochs_done") or 0)
         if status and status.get("status") == RunState.DONE:
             if rows_intact(store, run.run_id, status):
                 summary.skipped += 1
@@ -126,6 +127,9 @@ def run_experiment(
     progress = Progress(name, total=len(runs), epochs=sum(r.train.epochs for r in runs), quiet=quiet)
     todo_ids = {r.run_id for r in todo}
     progress.advance_done(summary.skipped, sum(r.train.epochs for r in runs if r.run_id not in todo_ids))
+    for run in todo:  # a resume's bar starts from the newest checkpoint earlier attempts left
+        if carried[run.run_id] and run not in lost:
+            progress.carry(run, max(store.checkpoint_epochs(run.run_id), default=0))
     in_flight: dict = {}  # object ref -> runs of the pack
     tokens: dict = {}  # object ref -> the token its task claims runs with
 

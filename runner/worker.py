@@ -64,7 +64,7 @@ def run_pack(
             status[spec.run_id] = store.write_status(
                 spec.run_id, status=RunState.RUNNING, attempts=attempt, host=socket.gethostname(), pid=os.getpid(),
                 started_at=now(), finished_at=None, error=None, stop_reason=None, epochs_done=start,
-                resumed_from=start, **made_by,
+                resumed_from=start, phase="loading", train_acc=None, test_acc=None, **made_by,
             )
     writer = PackWriter(store, experiment, attempts, status, rows, watch)
 
@@ -87,7 +87,8 @@ def run_pack(
         if specs:
             with watch.part("train_pack"):
                 train_pack(specs, data_dir, on_epoch=on_epoch, on_checkpoint=on_checkpoint, resume=resume,
-                           final_checkpoint=False, stopwatch=watch, on_epoch_end=writer.end_epoch, on_end=on_end)
+                           final_checkpoint=False, stopwatch=watch, on_epoch_end=writer.end_epoch, on_end=on_end,
+                           on_phase=writer.phase)
     except Exception as exc:  # the pack as a whole could not go on (its data, a write that failed)
         error = _one_line(exc)
         for spec in specs:
@@ -147,17 +148,17 @@ def _finish(store: Store, writer: PackWriter, result: PackResult, outcome: RunOu
     store.release(run_id, writer.attempts[run_id])
     if stopped == StopReason.CANCELLED:
         result.outcome = Outcome.CANCELLED
-        writer.put_status(run_id, status=RunState.PENDING, stop_reason=StopReason.CANCELLED, error=None)
+        writer.put_status(run_id, status=RunState.PENDING, stop_reason=StopReason.CANCELLED, error=None, phase=None)
     elif outcome.status == RunState.DONE:
         result.outcome = Outcome.DONE
         writer.put_status(run_id, status=RunState.DONE, stop_reason=outcome.stop_reason,
-                          epochs_done=outcome.epochs_done, finished_at=now())
+                          epochs_done=outcome.epochs_done, finished_at=now(), phase=None)
         for epoch in store.checkpoint_epochs(run_id):  # finished: its state is no longer needed
             store.delete_checkpoint(run_id, epoch)
     else:
         result.error = outcome.error
         writer.put_status(run_id, status=RunState.FAILED, stop_reason=outcome.stop_reason, error=outcome.error,
-                          finished_at=now())
+                          finished_at=now(), phase=None)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -59,6 +59,12 @@ class PackWriter:
         elif time.monotonic() >= self._rows_due and self._pending:
             self._submit(self._flush_job())
 
+    def phase(self, run_id: str, phase: str) -> None:
+        """The run is now `phase` (training, probing): its status says so at once, for progress."""
+        self._raise_if_failed()
+        if run_id not in self.stopped:
+            self._submit(lambda: self.put_status(run_id, phase=phase))
+
     def end_run(self, run_id: str, finish: Callable[[], None]) -> None:
         """A run left the pack: its last rows, then `finish` (status, claim, checkpoints)."""
         self._submit(self._flush_job([run_id]), finish)
@@ -116,7 +122,9 @@ class PackWriter:
                     continue
                 self.rows[run_id].extend(rows)
                 self.store.write_epochs(run_id, self.rows[run_id])
-                self.put_status(run_id, epochs_done=self.rows[run_id][-1]["epoch"])
+                last = self.rows[run_id][-1]
+                self.put_status(run_id, epochs_done=last["epoch"], phase="training",
+                                train_acc=last.get("train_acc"), test_acc=last.get("test_acc"))
 
     def put_status(self, run_id: str, **fields: object) -> None:
         """Merge into the run's status as this writer holds it and write it (never read back)."""

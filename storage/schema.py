@@ -58,6 +58,10 @@ STATUS = pa.schema([
     ("torch_version", pa.string()),
     ("cuda_version", pa.string()),
     ("device", pa.string()),  # "cpu", or e.g. "cuda:0 NVIDIA H200"
+    # what a running run is doing and its latest accuracies, for progress lines; null in older stores
+    ("phase", pa.string()),  # loading | training | probing (while running)
+    ("train_acc", pa.float64()),
+    ("test_acc", pa.float64()),
 ])
 
 # One row per run per epoch (tasks.train.EPOCH_COLUMNS) plus the probes when measured.

@@ -89,6 +89,7 @@ def train_pack(
     stopwatch: Stopwatch | None = None,
     on_epoch_end: Callable[[], None] | None = None,
     on_end: Callable[[RunOutcome], None] | None = None,
+    on_phase: Callable[[str, str], None] | None = None,
 ) -> list[RunOutcome]:
     """Train every run of the pack to its end; a run that fails or stops early drops out and the
     others go on. `resume` maps run ids to a checkpoint (bytes, or a state `checkpoint.loads`
@@ -98,7 +99,9 @@ def train_pack(
     train` keeps it; a store deletes a finished run's checkpoints, so its worker asks for none).
     `stopwatch`: where the seconds of training, measuring, probing and snapshots add up.
     `on_epoch_end()`: after each epoch of the whole pack (a writer batches its work there; if it
-    raises, the pack stops). `on_end(outcome)`: as each run leaves the pack, done or failed."""
+    raises, the pack stops). `on_end(outcome)`: as each run leaves the pack, done or failed.
+    `on_phase(run_id, phase)`: "training" once its data and model are ready, "probing" before
+    each measuring of its probes (which can take longer than the epoch: progress says so)."""
     if not runs:
         return []
     keys = {run.pack_key for run in runs}
@@ -130,11 +133,13 @@ def train_pack(
     stacker = Stacker(options, watch) if options is not None else None
     for state in active:
         state.checkpointed_at = time.monotonic()
+        if on_phase:
+            on_phase(state.run_id, "training")
     while active:
         stacked = stacker.train_epoch(active) if stacker else {}  # {run_id: StackedEpoch}, trained and measured
         for state in list(active):
             try:
-                row = state.run_epoch(stacked.get(state.run_id), watch)
+                row = state.run_epoch(stacked.get(state.run_id), watch, on_phase)
                 on_epoch(state.run_id, row)  # a callback may raise to stop this run alone
                 if on_checkpoint and state.checkpoint_due(final_checkpoint):
                     with watch.part("snapshot"):
@@ -266,7 +271,8 @@ class RunState:
         """The learning rate of the epoch about to be trained."""
         return self.spec.train.lr * self.spec.train.lr_decay ** self.epoch
 
-    def run_epoch(self, stacked: StackedEpoch | None = None, watch: Stopwatch | None = None) -> dict:
+    def run_epoch(self, stacked: StackedEpoch | None = None, watch: Stopwatch | None = None,
+                  on_phase: Callable[[str, str], None] | None = None) -> dict:
         """Train one epoch, measure, decide whether to stop; return the epoch's row. `stacked`: a
         stacked pack (tasks/stacked.py) already trained this epoch and computed its logits."""
         watch = watch or Stopwatch()
@@ -292,6 +298,8 @@ class RunState:
                     row |= measure_split(self.model, split, self.normalize, name)
         row["gap"] = row["train_acc"] - row["test_acc"]
         if t.probe_every and self.epoch % t.probe_every == 0:
+            if on_phase:
+                on_phase(self.run_id, "probing")
             with watch.part("probe"):
                 row |= measure_probes(self.model, self.normalize(self.probe_images), self.probe_labels)
         self._sync()

@@ -135,7 +135,7 @@ def test_rows_and_status_are_written_in_batches(tmp_path, monkeypatch):
     # 12 epochs: rows with each of the 5 checkpoints (2, 4 ... 10; none at the end) and when the
     # run ends, never once per epoch
     assert writes["epochs"] == 6, writes
-    assert writes["status"] == 1 + 6 + 1, writes  # running, with each batch of rows, done
+    assert writes["status"] == 1 + 1 + 6 + 1, writes  # running (loading), training, with each batch of rows, done
     assert len(store.read_epochs(run.run_id)) == 12
 
 

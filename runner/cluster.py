@@ -2,7 +2,9 @@
 
 `rethink submit --cluster` does not drive the grid from the user's machine: it ships the resolved
 grid to the head and starts `rethink submit grid.yaml --store ...` there as a Ray Job, so the grid
-keeps running when the laptop sleeps or disconnects. Ray sets RAY_ADDRESS (the cluster's GCS
+keeps running when the laptop sleeps or disconnects. The job's shell gets the head's PATH, which
+need not hold rethink (a head started as `/venv/bin/ray start --head`); the entrypoint therefore
+runs rethink with the Python that runs Ray on the head (JOB_SCRIPT). Ray sets RAY_ADDRESS (the cluster's GCS
 address) in a job driver's environment, so `scheduler.connect_ray` inside the job joins that
 cluster instead of starting an embedded one. Jobs carry `{"rethink_experiment": NAME}` as metadata;
 `status --cluster` and `logs --cluster` find them by it.
@@ -37,6 +39,34 @@ DASHBOARD_PORT = 8265  # Ray's default dashboard (and Jobs API) port
 METADATA_KEY = "rethink_experiment"
 CONNECT_TIMEOUT_S = 10.0  # Ray's client waits on a silent host without limit; the first request is ours
 HELP_TOKEN = "set RAY_AUTH_TOKEN (see ~/.ray/auth_token on the head, or run `ray get-auth-token` there)"
+JOB_SCRIPT_NAME = "rethink-job.sh"
+# The job's entrypoint (POSIX sh, run in the job's working_dir with rethink's arguments). Ray runs it
+# as a child of the job's supervisor, a Ray worker whose parent, the raylet, was started with
+# `--python_worker_command=PYTHON ...`: the interpreter Ray runs on this node, the one holding ray and
+# (when the head was started from rethink's environment) rethink. Neither PATH nor an activated
+# environment matters then. Without /proc (not Linux) or that flag, `rethink` on PATH is the fallback;
+# with neither, one line in the job's log says how to fix the head.
+JOB_SCRIPT = r"""py=
+pid=$PPID
+hops=0
+while [ -z "$py" ] && [ "$hops" -lt 5 ] && [ -r "/proc/$pid/cmdline" ]; do
+  py=$(tr '\0' '\n' < "/proc/$pid/cmdline" | sed -n 's/^--python_worker_command=\([^ ]*\).*/\1/p' | head -n 1)
+  pid=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$pid/status")
+  hops=$((hops + 1))
+done
+if [ -n "$py" ] && "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('rethink') is None)" 2>/dev/null; then
+  exec "$py" -m rethink.cli "$@"
+fi
+if command -v rethink >/dev/null 2>&1; then
+  exec rethink "$@"
+fi
+if [ -n "$py" ]; then
+  echo "Error: rethink is not installed in $py, the Python that runs Ray on this head: install it there (e.g. $py -m pip install rethink), or start the head from an environment that has rethink" >&2
+else
+  echo "Error: cannot find the Python that runs Ray on this head, and rethink is not on its PATH: start the head with rethink's environment active (e.g. source VENV/bin/activate; ray start --head ...)" >&2
+fi
+exit 127
+"""
 
 
 class ClusterError(RethinkError):
@@ -50,13 +80,14 @@ def submit_job(address: str, grid: Grid, store: str, data_dir: str | None, pack_
         _check_remote_path("--data-dir", data_dir)
     url = normalize_address(address)
     client = _client(url)
-    command = ["rethink", "submit", "grid.yaml", "--store", store, "--quiet", "--pack-size", str(pack_size)]
+    command = ["sh", JOB_SCRIPT_NAME, "submit", "grid.yaml", "--store", store, "--quiet", "--pack-size", str(pack_size)]
     if data_dir:
         command += ["--data-dir", data_dir]
     submission_id = f"rethink-{grid.name}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="rethink-job-") as folder:
         # The job's working_dir: Ray zips it, uploads it to the head and runs the entrypoint in it.
         Path(folder, "grid.yaml").write_text(grid.text, encoding="utf-8")
+        Path(folder, JOB_SCRIPT_NAME).write_text(JOB_SCRIPT, encoding="utf-8")
         _call(url, client.submit_job, entrypoint=shlex.join(command), submission_id=submission_id,
               runtime_env={"working_dir": folder}, metadata={METADATA_KEY: grid.name})
     return "\n".join([

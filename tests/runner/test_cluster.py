@@ -1,28 +1,24 @@
 """`--cluster`: a grid submitted as a Ray Job to a real head on this machine, which requires a
 token as a secured cluster does; its status and logs read back; each failure one line.
 
-The head is `ray start --head --block` in a session of its own, with a private temp dir, its own
-free ports and a token made here (nothing is written to ~/.ray). It is stopped with SIGKILL to its
-process group and to the leftover processes of its session: never `ray stop`, which would end
-every Ray on the machine."""
+The head is `/venv/bin/ray start --head --block` with the venv's bin off its PATH, in a session of
+its own, with a private temp dir, its own free ports and a token made here (nothing is written to
+~/.ray); tests/runner/raynodes.py starts it. It is stopped with SIGKILL to its process group and to
+the leftover processes of its session: never `ray stop`, which would end every Ray on the machine."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import requests
 from typer.testing import CliRunner
 
 from rethink.cli import app
@@ -30,6 +26,8 @@ from rethink.errors import RethinkError
 from rethink.runner import cluster
 from rethink.runner.grid import parse_grid
 from rethink.storage.views import connect
+from tests.runner import raynodes
+from tests.runner.raynodes import Cluster, free_ports
 
 GRID = """\
 name: {name}
@@ -40,106 +38,27 @@ seed: [0, 1]
 train: {{epochs: 2, batch_size: 32, lr: 0.01}}
 resources: {{cpus: 1, gpus: 0}}
 """
-START_TIMEOUT_S = 60
-JOB_TIMEOUT_S = 90
+JOB_TIMEOUT_S = 120
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-@dataclass
-class Head:
-    url: str  # the Jobs API (dashboard), http://127.0.0.1:PORT
-    token: str  # the head's own, made here: RAY_AUTH_TOKEN in its environment only
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports, held together while chosen so they differ."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def session_pids(sid: int) -> list[int]:
-    """Live processes of session `sid`: Ray's workers and job drivers leave the head's process
-    group (each takes its own) but stay in the session that `start_new_session` made."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
-def stop_head(proc: subprocess.Popen) -> None:
-    """SIGKILL the head's group, then whatever of its session remains (workers, drivers)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 10
-    while (pids := session_pids(proc.pid)) and time.monotonic() < deadline:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
-
-
-def wait_for_jobs_api(url: str, token: str, proc: subprocess.Popen, log: Path) -> None:
-    """Until the dashboard's job module answers (it starts a moment after /api/version)."""
-    headers = {"Authorization": f"Bearer {token}"}
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if requests.get(f"{url}/api/jobs/", headers=headers, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the head's Jobs API did not answer in {START_TIMEOUT_S} s: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
-def head() -> Iterator[Head]:
-    # Short, private temp dir: Ray puts unix sockets under it (path limit ~107 chars) and must not
-    # share /tmp/ray with the other tests' embedded clusters.
+def head() -> Iterator[Cluster]:
+    """A head whose PATH lacks the venv's bin (started by the absolute path of the venv's `ray`),
+    as on a head nobody activated an environment for: the job must find rethink anyway."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rk-", dir="/tmp"))
-    token = secrets.token_hex(16)
-    gcs, dashboard, client, agent = free_ports(4)
-    bin_dir = Path(sys.executable).parent  # the venv's ray, python and rethink
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-               RETHINK_DATA=str(temp_dir / "data"))
-    log = temp_dir / "head.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-             "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-             "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-             "--num-cpus", "2", "--temp-dir", str(temp_dir / "r"), "--disable-usage-stats"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    nodes = None
     try:
-        url = f"http://127.0.0.1:{dashboard}"
-        wait_for_jobs_api(url, token, proc, log)
-        yield Head(url, token)
+        nodes = raynodes.start_head(temp_dir, secrets.token_hex(16), num_cpus=2, RETHINK_DATA=str(temp_dir / "data"))
+        yield nodes
     finally:
-        stop_head(proc)
+        if nodes is not None:
+            nodes.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
-def with_token(head: Head, monkeypatch: pytest.MonkeyPatch) -> Head:
+def with_token(head: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
     monkeypatch.setenv("RAY_AUTH_TOKEN", head.token)
     return head
 
@@ -152,7 +71,7 @@ def without_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
 
 
-def wait_for_job(head: Head, submission_id: str) -> str:
+def wait_for_job(head: Cluster, submission_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(head.url, headers={"Authorization": f"Bearer {head.token}"})
@@ -171,7 +90,7 @@ def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished(head: Head, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+def finished(head: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
     """One grid submitted as a job and run to its end: (message, store, submission id)."""
     store = tmp_path_factory.mktemp("cluster") / "store"
     with pytest.MonkeyPatch.context() as mp:
@@ -188,6 +107,50 @@ def test_submitted_grid_runs_on_the_cluster(finished):
     assert "rethink status --cluster http://127.0.0.1:" in message and "rethink logs remote --cluster" in message
     assert connect(str(store)).execute("select count(*), count(distinct run_id) from epochs").fetchall() == [(4, 2)]
     assert connect(str(store)).execute("select count(*) from runs where status = 'done'").fetchall() == [(2,)]
+
+
+def test_a_head_without_rethink_on_its_path_runs_the_job(head, finished):
+    """The head's PATH has no rethink (nor the venv's python): the job still ran, through the
+    Python that runs Ray there."""
+    assert shutil.which("rethink", path=head.env["PATH"]) is None
+    assert str(raynodes.BIN) not in head.env["PATH"].split(os.pathsep)
+    assert wait_for_job(head, finished[2]) == "SUCCEEDED"
+
+
+def run_job_script(tmp_path: Path, worker_command: str | None, *args: str) -> subprocess.CompletedProcess:
+    """The job's entrypoint script under a parent shell whose command line carries
+    `--python_worker_command=...` as the raylet's does (or not at all), with no rethink on PATH."""
+    script = tmp_path / cluster.JOB_SCRIPT_NAME
+    script.write_text(cluster.JOB_SCRIPT)
+    parent = ["sh", "-c", 'sh "$0" "$@"; status=$?; exit $status', str(script), *args]
+    if worker_command is not None:  # after the script's own arguments, where the script ignores it
+        parent = ["sh", "-c", 'shift; sh "$0" "$@"; status=$?; exit $status', str(script),
+                  f"--python_worker_command={worker_command} /ray/default_worker.py --x=1", *args]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run(parent, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+
+
+def test_job_script_runs_rethink_with_the_raylets_python(tmp_path):
+    result = run_job_script(tmp_path, sys.executable, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "submit" in result.stdout and "Usage" in result.stdout
+
+
+def test_job_script_refuses_a_python_without_rethink_in_one_line(tmp_path):
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    result = run_job_script(tmp_path, str(fake), "--help")
+    assert result.returncode == 127 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: rethink is not installed in {fake}, the Python that runs Ray on this head")
+    assert result.stderr.count("\n") == 1
+
+
+def test_job_script_without_a_python_or_rethink_says_how_to_fix_the_head(tmp_path):
+    result = run_job_script(tmp_path, None, "--help")
+    assert result.returncode == 127
+    assert result.stderr.startswith("Error: cannot find the Python that runs Ray on this head")
+    assert "ray start --head" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_job_table_lists_it_as_succeeded(finished, with_token):

@@ -179,8 +179,11 @@ class Store:
     # -- run status -----------------------------------------------------------------------------
 
     def read_status(self, run_id: str) -> dict | None:
+        """The run's status row: its own file, else the newest compacted part holding it."""
         try:
             rows = self.read_table(RunPaths(run_id).status)
+            if rows is None:
+                rows = self._part_rows("status", run_id)
         except DamagedFileError:
             return None  # a damaged status is as good as none: the run is redone
         return rows[0] if rows else None
@@ -287,19 +290,36 @@ class Store:
         """The run's epoch rows; DamagedFileError when the file is unreadable or its columns are
         not the epochs schema's (a resume would otherwise carry them on)."""
         relative = RunPaths(run_id).epochs
-        rows = self.read_table(relative) or []
+        rows = self.read_table(relative)
+        if rows is None:  # no file of its own: compacted, or none yet
+            return self._part_rows("epochs", run_id) or []
         if rows:
             self._check_columns(relative, rows[0].keys(), self._file_schema(relative))
         return rows
 
+    def _part_rows(self, table: str, run_id: str) -> list[dict] | None:
+        """The run's rows in the newest compacted part holding it (storage/parts.py); None when
+        no part holds it."""
+        from rethink.storage import parts
+
+        try:
+            found = parts.read_run(self, table, run_id)  # type: ignore[arg-type]
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DamagedFileError(f"a compacted part holding run {run_id} is damaged: "
+                                   f"{' '.join(str(exc).split())}") from None
+        return None if found is None else found.to_pylist()
+
     def epoch_rows(self, run_id: str) -> int | None:
-        """How many epoch rows the run's file holds, reading only its footer; None when the file
-        is missing, unreadable or of another schema (for checking done runs cheaply)."""
+        """How many epoch rows the run's file (else its newest compacted part) holds, reading only a
+        footer; None when neither has it, or the file is unreadable or of another schema (for
+        checking done runs cheaply)."""
         relative = RunPaths(run_id).epochs
         try:
             file_schema = self._file_schema(relative)
-            if file_schema is None:
-                return None
+            if file_schema is None:  # compacted: the newest part's footer counts its rows
+                from rethink.storage import parts
+
+                return parts.run_rows(self, "epochs", run_id)
             self._check_columns(relative, file_schema.names, file_schema)
             with self.fs.open_input_file(self.path(relative)) as f:
                 return pq.ParquetFile(f).metadata.num_rows

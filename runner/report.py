@@ -2,8 +2,9 @@
 for the terminal, figures (runner/plots.py) as PNG, PDF and/or SVG, and one self-contained HTML
 page that also lists the experiment's settings, provenance and runs.
 
-It reads the store only through the SQL views (and the frozen grid file), so the report shows
-exactly what `rethink query` would, and it writes only outside the store: a report is a product
+It reads the store, local or remote, only through the SQL views (storage/reader.py) and the
+frozen grid file, so the report shows exactly what `rethink query` would, and it writes only
+outside the store, to a local folder: a report is a product
 of the results, never part of them. Every file is written atomically; the HTML page embeds its
 images as PNG data URIs and its style inline, so it opens offline, mailed or copied anywhere,
 with nothing to fetch (the PDF and SVG files are linked beside it, for papers)."""
@@ -26,9 +27,9 @@ from rethink.errors import RethinkError
 from rethink.runner import plots
 from rethink.runner.plots import Row, corruption_label, corruption_order, setting_of
 from rethink.storage.atomic import write_bytes
-from rethink.storage.store import Store
+from rethink.storage.errors import QueryError
+from rethink.storage.reader import Reader
 from rethink.storage.summaries import PROBES, VIEWS
-from rethink.storage.views import connect, is_schema_mismatch, one_line
 
 STATES = ("done", "failed", "running", "pending")
 TABLE_EPOCHS = 6  # epoch columns in the memorization table: first, last, evenly between
@@ -108,11 +109,10 @@ def build_report(store_root: str, name: str, out_dir: str, formats: str | Iterab
     """Tables, figures (one file per figure and format) and the HTML page of experiment `name`,
     written into `out_dir`."""
     fmts = parse_formats(formats)
-    store = Store.open(store_root)
-    if not store.local:
-        raise RethinkError(f"report reads local stores only; copy '{store_root}' to a folder first (e.g. aws s3 sync)")
-    out = _out_dir(Path(store.root), out_dir)
-    loaded = _load(store.root, name, store_root)
+    reader = Reader.open(store_root)
+    store = reader.store
+    out = _out_dir(reader.folder, out_dir)
+    loaded = _load(reader, name, store_root)
     views = loaded.views
     settings = store.experiment_grid(name)
     header = _header(name, loaded.counts)
@@ -142,41 +142,37 @@ def build_report(store_root: str, name: str, out_dir: str, formats: str | Iterab
     return ReportResult(page, written, fmts, [_rich(g) for g in grids], header, notes)
 
 
-def _out_dir(store: Path, out_dir: str) -> Path:
-    """The report's folder, refused inside the store (a store holds results, never products)."""
+def _out_dir(store: Path | None, out_dir: str) -> Path:
+    """The report's folder, refused inside a local store (a store holds results, never
+    products); a remote store's report goes to a local folder, never inside it."""
     out = Path(out_dir).expanduser().resolve()
-    store = store.resolve()
-    if out == store or store in out.parents:
+    if store is not None and (out == store or store in out.parents):
         raise RethinkError(f"--out {out_dir} is inside the store {store}; write the report outside it")
     if out.exists() and not out.is_dir():
         raise RethinkError(f"--out {out_dir} is a file; give a folder")
     return out
 
 
-def _load(root: str, name: str, uri: str) -> _Loaded:
-    """Runs per state, every summary view's rows, the runs and their provenance for `name`; a
-    store whose files predate a column gets one retry that reads every file's schema (as
-    `rethink query` does)."""
-    for union_by_name in (None, True):
-        con = None
-        try:
-            con = connect(root, union_by_name=union_by_name)
-            known = [r[0] for r in con.execute("SELECT DISTINCT experiment FROM runs ORDER BY 1").fetchall()]
-            if name not in known:
-                raise RethinkError(f"no experiment '{name}' in store '{uri}' (experiments: {', '.join(known) or 'none yet'})")
-            counts = dict(con.execute("SELECT status, count(*) FROM runs WHERE experiment = ? GROUP BY status",
-                                      [name]).fetchall())
-            views = {view: _rows(con, f"SELECT * FROM {view} WHERE experiment = ?", [name]) for view in VIEWS}
-            runs = _rows(con, f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE experiment = ?", [name])
-            return _Loaded(counts, views, runs, provenance(con, name))
-        except duckdb.Error as exc:
-            if union_by_name is None and is_schema_mismatch(exc):
-                continue
-            raise RethinkError(f"cannot read store '{uri}': {one_line(exc)}") from None
-        finally:
-            if con is not None:
-                con.close()
-    raise AssertionError("unreachable")
+def _load(reader: Reader, name: str, uri: str) -> _Loaded:
+    """Runs per state, every summary view's rows, the runs and their provenance for `name`, in
+    one connection (reader.py retries once for files of an older schema)."""
+
+    def load(con: duckdb.DuckDBPyConnection) -> _Loaded:
+        known = [r[0] for r in con.execute("SELECT DISTINCT experiment FROM runs ORDER BY 1").fetchall()]
+        if name not in known:
+            raise RethinkError(f"no experiment '{name}' in store '{uri}' (experiments: {', '.join(known) or 'none yet'})")
+        counts = dict(con.execute("SELECT status, count(*) FROM runs WHERE experiment = ? GROUP BY status",
+                                  [name]).fetchall())
+        views = {view: _rows(con, f"SELECT * FROM {view} WHERE experiment = ?", [name]) for view in VIEWS}
+        runs = _rows(con, f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE experiment = ?", [name])
+        return _Loaded(counts, views, runs, provenance(con, name))
+
+    try:
+        return reader.run(load)
+    except QueryError as exc:  # the connection's own failure already names the store
+        message = str(exc)
+        raise RethinkError(message if message.startswith("cannot read store") else
+                           f"cannot read store '{uri}': {message}") from None
 
 
 def provenance(con: duckdb.DuckDBPyConnection, name: str) -> list[tuple[str, list[tuple[object, int]]]]:

@@ -1,8 +1,11 @@
 """`rethink status`: counts of runs per state for each experiment, the failed runs with their
 errors, and what the counts alone would hide: runs marked running whose owner is gone, done runs
-whose epoch rows are missing or unreadable, and runs of one experiment made by different code."""
+whose epoch rows are missing or unreadable, and runs of one experiment made by different code.
+It reads local and remote stores alike, through the SQL views (storage/reader.py)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import duckdb
 from rich.table import Table
@@ -10,8 +13,9 @@ from rich.text import Text
 
 from rethink.errors import RethinkError
 from rethink.states import RunState
+from rethink.storage.errors import QueryError
+from rethink.storage.reader import Reader
 from rethink.storage.store import Store
-from rethink.storage.views import connect, one_line
 
 STATES = tuple(RunState)
 
@@ -30,43 +34,60 @@ def status_tables(store_uri: str, name: str | None = None) -> list[Table | Text]
     for column in ("experiment", "run_id", "model", "corruption", "level", "seed", "attempts", "error"):
         failed.add_column(column)
     notes: list[str] = []
-    try:
-        db = connect(store.root)
-        for experiment in names:
-            _from_views(db, store, experiment, counts, failed, notes)
-    except duckdb.Error as exc:  # a damaged file the views cannot read: count from the status files
-        counts, failed = _reset(counts), _reset(failed)
-        notes = [f"the epoch rows cannot all be read ({one_line(exc)}); counts come from the runs' status files"]
+    try:  # every experiment's rows first: a retry (files of an older schema) starts afresh
+        seen = Reader(store).run(lambda db: [_read_views(db, experiment) for experiment in names])
+    except QueryError as exc:  # a damaged file the views cannot read: count from the status files
+        notes = [f"the epoch rows cannot all be read ({exc}); counts come from the runs' status files"]
         for experiment in names:
             _from_status_files(store, experiment, counts, failed, notes)
+    else:
+        for experiment, views in zip(names, seen):
+            _show_views(views, store, experiment, counts, failed, notes)
     out: list[Table | Text] = [counts, failed] if failed.row_count else [counts]
     return out + [Text(f"note: {note}") for note in notes]
 
 
-def _from_views(db: duckdb.DuckDBPyConnection, store: Store, experiment: str, counts: Table, failed: Table,
-                notes: list[str]) -> None:
-    rows = dict(db.execute(
+@dataclass
+class _Views:
+    """What the views say of one experiment."""
+
+    states: dict[str, int]  # runs per state
+    epochs: tuple[int, int | None]  # epochs done, epochs planned
+    failed: list[tuple]  # run_id, model, corruption, level, seed, attempts, error
+    running: list[str]
+    lost: list[str]  # done runs with fewer epoch rows than epochs done
+    versions: list[str]  # distinct code versions of its runs
+
+
+def _read_views(db: duckdb.DuckDBPyConnection, experiment: str) -> _Views:
+    def column(sql: str) -> list:
+        return [r for (r,) in db.execute(sql, [experiment]).fetchall()]
+
+    states = dict(db.execute(
         "select status, count(*) from runs where experiment = ? group by status", [experiment]).fetchall())
-    done, total = db.execute(
-        "select coalesce(sum(epochs_done), 0), sum(epochs) from runs where experiment = ?", [experiment]).fetchone()
+    epochs = db.execute(
+        "select coalesce(sum(epochs_done), 0), sum(epochs) from runs where experiment = ?", [experiment]).fetchall()[0]
+    failed = db.execute("select run_id, model, corruption, level, seed, attempts, error from runs "
+                        "where experiment = ? and status = 'failed' order by run_id", [experiment]).fetchall()
+    return _Views(states, epochs, failed,
+                  column("select run_id from runs where experiment = ? and status = 'running' order by run_id"),
+                  column("select run_id from runs where experiment = ? and status = 'done' "
+                         "and (epoch_rows is null or epoch_rows < epochs_done) order by run_id"),
+                  column("select distinct coalesce(git_commit, rethink_version) from runs "
+                         "where experiment = ? and rethink_version is not null order by 1"))
+
+
+def _show_views(views: _Views, store: Store, experiment: str, counts: Table, failed: Table,
+                notes: list[str]) -> None:
+    rows, (done, total) = views.states, views.epochs
     counts.add_row(experiment, *(str(rows.get(s, 0)) for s in STATES), str(sum(rows.values())), f"{done}/{total}")
-    for row in db.execute(
-        "select run_id, model, corruption, level, seed, attempts, error from runs "
-        "where experiment = ? and status = 'failed' order by run_id", [experiment]
-    ).fetchall():
+    for row in views.failed:
         failed.add_row(experiment, *("" if v is None else str(v) for v in row))
-    running = [r for (r,) in db.execute(
-        "select run_id from runs where experiment = ? and status = 'running'", [experiment]).fetchall()]
-    _note_orphans(store, experiment, running, notes)
-    lost = [r for (r,) in db.execute(
-        "select run_id from runs where experiment = ? and status = 'done' "
-        "and (epoch_rows is null or epoch_rows < epochs_done)", [experiment]).fetchall()]
+    _note_orphans(store, experiment, views.running, notes)
+    lost, versions = views.lost, views.versions
     if lost:
         notes.append(f"{experiment}: {_some(lost)} marked done but missing epoch rows; "
                      f"`rethink resume {experiment}` trains them again")
-    versions = [v for (v,) in db.execute(
-        "select distinct coalesce(git_commit, rethink_version) from runs "
-        "where experiment = ? and rethink_version is not null order by 1", [experiment]).fetchall()]
     if len(versions) > 1:
         notes.append(f"{experiment}: its runs come from {len(versions)} code versions ({', '.join(versions)}); "
                      "compare them with `rethink query \"select git_commit, rethink_version, count(*) from runs "
@@ -110,10 +131,3 @@ def _some(run_ids: list[str], shown: int = 3) -> str:
     head = ", ".join(run_ids[:shown]) + (f" and {len(run_ids) - shown} more" if len(run_ids) > shown else "")
     return f"{len(run_ids)} run{'s' if len(run_ids) != 1 else ''} ({head})"
 
-
-def _reset(table: Table) -> Table:
-    """An empty copy of `table` (same title and columns)."""
-    fresh = Table(title=table.title, title_justify=table.title_justify)
-    for column in table.columns:
-        fresh.add_column(column.header, justify=column.justify)
-    return fresh

@@ -1,6 +1,6 @@
-"""Results at hand in a notebook: `rethink.open_store(...)` reads a store from Python through the
-very views and read-only guard of `rethink query` (views.py), and gives each answer as an Arrow
-table, a pandas or a polars frame.
+"""Results at hand in a notebook: `rethink.open_store(...)` reads a store, local or remote
+(s3://...), from Python through the very views and read-only guard of `rethink query`
+(reader.py), and gives each answer as an Arrow table, a pandas or a polars frame.
 
 Each query opens its own locked DuckDB connection, as `rethink query` does: the views then fit
 the store as it is now (a notebook watching a grid train sees new experiments and rows), and no
@@ -10,17 +10,15 @@ the method that returns its frame."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import duckdb
 import pyarrow as pa
 
 from rethink.errors import RethinkError
-from rethink.storage.errors import QueryError, ReadOnlyError
-from rethink.storage.query import format_table
-from rethink.storage.store import Store, StoreError
-from rethink.storage.views import check_read_only, connect, is_schema_mismatch, one_line
+from rethink.storage.errors import QueryError
+from rethink.storage.formatting import format_table
+from rethink.storage.reader import Reader
+from rethink.storage.views import check_read_only
 
 if TYPE_CHECKING:
     import pandas
@@ -28,10 +26,6 @@ if TYPE_CHECKING:
 
 Params = Sequence[Any] | dict[str, Any] | None
 REPR_ROWS = 20  # rows a result shows when printed; .df(), .pl() and .arrow() hold them all
-
-
-class RemoteStoreError(StoreError):
-    """A store on a remote filesystem (s3://, gs://...): only local stores are read so far."""
 
 
 class MissingPackageError(RethinkError):
@@ -77,10 +71,10 @@ class StoreReader:
     """A store opened for reading: SQL over the views of `rethink query` (runs, epochs, and the
     summaries memorization, fit_time, gaps, probes). It never writes."""
 
-    def __init__(self, store: Store):
-        self._store = store
-        self.root = store.root  # the local folder DuckDB reads
-        self.uri = store.uri  # as the caller gave it
+    def __init__(self, reader: Reader):
+        self._reader, self._store = reader, reader.store
+        self.root = reader.store.root  # the folder, or the bucket path of a remote store
+        self.uri = reader.store.uri  # as the caller gave it
 
     def sql(self, query: str, params: Params = None) -> Result:
         """Run read-only SQL; `params` fill `?` (a sequence) or `$name` (a dict) placeholders.
@@ -118,40 +112,22 @@ class StoreReader:
                              f"(experiments: {', '.join(known) or 'none yet'})")
 
     def _fetch(self, query: str, params: Params) -> pa.Table:
-        """Run on a fresh locked connection; a file with an older schema gets one retry that
-        reads every file's schema (views.connect, `union_by_name`)."""
-        for union_by_name in (None, True):
-            con = None
-            try:
-                con = connect(self.root, union_by_name=union_by_name)
-                relation = con.sql(query, params=params)
-                if relation is None:  # every statement passed check_read_only: a read returns rows
-                    raise QueryError("the query returned no result")
-                return relation.to_arrow_table()
-            except duckdb.PermissionException as exc:
-                raise ReadOnlyError(f"queries read only the store's own files: {one_line(exc)}") from None
-            except duckdb.Error as exc:
-                if union_by_name is None and is_schema_mismatch(exc):
-                    continue
-                raise QueryError(one_line(exc)) from None
-            finally:
-                if con is not None:
-                    con.close()
-        raise AssertionError("unreachable")
+        """Run on a fresh locked connection (reader.py: one retry for files of older schemas)."""
+
+        def fetch(con) -> pa.Table:
+            relation = con.sql(query, params=params)
+            if relation is None:  # every statement passed check_read_only: a read returns rows
+                raise QueryError("the query returned no result")
+            return relation.to_arrow_table()
+
+        return self._reader.run(fetch)
 
 
 def open_store(uri: str | os.PathLike[str]) -> StoreReader:
     """Open the store at `uri` for reading: a local folder, or a pyarrow filesystem URI
-    (`file:///abs/path`). Remote URIs (s3://, gs://) are refused for now, before any network
-    call; a place that is not a store is one RethinkError saying so."""
-    text = os.fspath(uri)
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme not in ("", "file"):
-        raise RemoteStoreError(f"'{text}' is a remote store, which is not readable from Python yet: "
-                               f"copy or mount it locally and open the local folder")
-    if not scheme:
-        text = str(Path(text).expanduser())
-    return StoreReader(Store.open(text))
+    (`file:///abs/path`, `s3://BUCKET/PATH?endpoint_override=...`, with the keys in the
+    environment); a place that is not a store is one RethinkError saying so."""
+    return StoreReader(Reader.open(uri))
 
 
 def _require(module: str, method: str) -> Any:

@@ -1,26 +1,20 @@
 """The SQL face of a store: DuckDB views `epochs` and `runs` over its Parquet files (the
-summaries of summaries.py are built on these two), and the guard that keeps `rethink query`
-read-only.
+summaries of summaries.py are built on these two), and the statement check of the read-only
+guard. Connecting, and locking the connection to the store's files, is reader.py's.
 
 Read-only takes two locks, because neither holds alone (COMPONENTS.md, DuckDB 2.0): only reading
 statement types pass `check_read_only`, and the connection may touch no file outside the store
-(`allowed_directories` + `enable_external_access=false`), which alone would still let
-`COPY ... TO '<store>/x'` write into the store."""
+(reader.py), which alone would still let `COPY ... TO '<store>/x'` write into the store."""
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from pathlib import Path
-from typing import Iterator
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from rethink.storage import layout, schema
+from rethink.storage import schema
 from rethink.storage.errors import QueryError, ReadOnlyError
+from rethink.storage.scans import empty
 from rethink.storage.summaries import create_summaries
 
 READ_TYPES = ("SELECT", "WITH", "DESCRIBE", "SUMMARIZE", "EXPLAIN", "SHOW")
@@ -97,40 +91,29 @@ LEFT JOIN state s ON s.run_id = p.run_id
 
 
 def connect(root: str, union_by_name: bool | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the views `epochs` and `runs` over the store at the
-    local path `root`, locked so that it reads the store's files and nothing else.
+    """A locked connection with the views over the store at `root` (a local folder or a store
+    URI): reader.connect, kept here for the callers that know it by this name."""
+    from rethink.storage.reader import connect as reader_connect
 
-    `union_by_name` says how the per-run files are stitched together. True: DuckDB reads every
-    file's schema first, so files written before a column existed mix with newer ones; at 10,000
-    runs that costs seconds per query (every footer at bind, and again while optimizing). False:
-    the first file's schema stands for all (a column it lacks reads as NULL), and a query reading
-    a column that some other file lacks fails loudly (`is_schema_mismatch`). None (default):
-    False, unless the first file lacks a column of the current schema that another file has.
+    return reader_connect(root, union_by_name)
 
-    The views fit the store as it was when connected (which tables have files yet, the fit
-    thresholds its experiments use): connect again to see experiments submitted since."""
-    root = os.path.abspath(root)
-    con = duckdb.connect(":memory:")
-    try:
-        # DuckDB binds a view when it is created, and binding `epochs` or `runs` lists all their
-        # files (0.15 s each at 10,000 runs). So the views built on them are created over empty
-        # stand-ins first, then the two are replaced: they bind again at each query anyway.
-        con.execute(f"CREATE VIEW epochs AS {_empty(schema.EPOCHS)}")
-        con.execute(RUNS_SQL.format(config=_empty(schema.EXPERIMENT_RUNS), status=_empty(schema.STATUS),
-                                    **_fit_sql([])))
-        create_summaries(con)  # memorization, fit_time, gaps, probes: storage/summaries.py
-        epochs = _source(con, root, layout.EPOCHS_GLOB, schema.EPOCHS, union_by_name)
-        con.execute(f"CREATE OR REPLACE VIEW epochs AS {epochs}")
-        config = _source(con, root, layout.EXPERIMENT_RUNS_GLOB, schema.EXPERIMENT_RUNS, True)
-        thresholds = [row[0] for row in con.execute(
-            f"SELECT DISTINCT coalesce(fit_threshold, {DEFAULT_FIT_THRESHOLD}) FROM ({config}) ORDER BY 1").fetchall()]
-        status = _source(con, root, layout.STATUS_GLOB, schema.STATUS, union_by_name)
-        con.execute(RUNS_SQL.format(config=config, status=status, **_fit_sql(thresholds)))
-        _lock(con, root)
-    except BaseException:
-        con.close()
-        raise
-    return con
+
+def create_views(con: duckdb.DuckDBPyConnection, epochs: str, config: str, status: str) -> None:
+    """Create `epochs`, `runs` and the summaries on `con`, given the SELECT of each table's rows
+    (scans.Scan.table): the same SQL for every kind of store, only the sources differ.
+
+    DuckDB binds a view when it is created, and binding `epochs` or `runs` lists all their files
+    (0.15 s each at 10,000 runs). So the views built on them are created over empty stand-ins
+    first, then the two are replaced: they bind again at each query anyway. The views fit the
+    store as it was then (which tables have files, the fit thresholds its experiments use):
+    connect again to see experiments submitted since."""
+    con.execute(f"CREATE VIEW epochs AS {empty(schema.EPOCHS)}")
+    con.execute(RUNS_SQL.format(config=empty(schema.EXPERIMENT_RUNS), status=empty(schema.STATUS), **_fit_sql([])))
+    create_summaries(con)  # memorization, fit_time, gaps, probes: storage/summaries.py
+    con.execute(f"CREATE OR REPLACE VIEW epochs AS {epochs}")
+    thresholds = [row[0] for row in con.execute(
+        f"SELECT DISTINCT coalesce(fit_threshold, {DEFAULT_FIT_THRESHOLD}) FROM ({config}) ORDER BY 1").fetchall()]
+    con.execute(RUNS_SQL.format(config=config, status=status, **_fit_sql(thresholds)))
 
 
 def _fit_sql(thresholds: list[float]) -> dict[str, str]:
@@ -152,103 +135,6 @@ def is_schema_mismatch(exc: BaseException) -> bool:
     """DuckDB's error for a file lacking a column that the first file has: the query needs a
     connection made with `union_by_name=True`."""
     return isinstance(exc, duckdb.Error) and "schema mismatch" in str(exc)
-
-
-def _lock(con: duckdb.DuckDBPyConnection, root: str) -> None:
-    """Only the store's folder readable from now on, and no setting may be changed back."""
-    # A query that spills writes temporary files under `temp_directory`, '.tmp' in the working
-    # folder by default: keep them out of the store when the user runs from inside it.
-    spill = os.path.join(tempfile.gettempdir(), f"rethink-duckdb-{os.getuid()}")
-    if os.path.commonpath([spill, root]) == root:
-        spill = ""  # the temp folder is inside the store: no spilling at all
-    con.execute(f"SET temp_directory = {_literal(spill)}")
-    con.execute(f"SET allowed_directories = [{_literal(root + '/')}]")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-
-
-def _source(con: duckdb.DuckDBPyConnection, root: str, glob: str, table_schema: pa.Schema,
-            union_by_name: bool | None) -> str:
-    """SELECT every column of `table_schema` from the files matching `glob`; zero typed rows
-    while no file exists."""
-    empty = _empty(table_schema)
-    first = _first_file(root, glob)
-    if first is None:
-        return empty
-    files = _files(root, glob)
-    try:
-        missing = [name for name in table_schema.names if name not in pq.read_schema(first).names]
-    except (pa.ArrowException, OSError):  # not Parquet: DuckDB names the file when it reads it
-        missing = table_schema.names
-    if union_by_name is None:
-        # Files differ where a newer rethink added columns. If the first file lacks some, one
-        # look at every file's schema (once, here) tells whether any file has them.
-        union_by_name = bool(missing) and con.execute(
-            f"SELECT count(*) > 0 FROM parquet_schema({files}) WHERE name IN ({', '.join(map(_literal, missing))})"
-        ).fetchone()[0]
-    read = (f"SELECT * FROM read_parquet({files}, "
-            f"union_by_name = {str(union_by_name).lower()}, hive_partitioning = false)")
-    # The first file names and types the columns; where it lacks some, the empty typed rows
-    # add them, as NULL. Otherwise the scan stays plain.
-    return f"{empty}\n    UNION ALL BY NAME\n    {read}" if missing else read
-
-
-def _files(root: str, glob: str) -> str:
-    """The SQL for the files of `glob` under `root`. A store folder whose path holds a glob
-    character (`s[1]*`) is a folder, not a pattern: its files are listed here, one by one, since
-    the read-only lock (allowed_directories) checks the pattern's text as a path."""
-    if not any(c in root for c in "[]*?"):
-        return _literal(f"{root}/{glob}")
-    return "[" + ", ".join(_literal(str(path)) for path in _matches(root, glob)) + "]"
-
-
-def _empty(table_schema: pa.Schema) -> str:
-    """Zero rows with the columns and types of `table_schema`."""
-    return "SELECT " + ", ".join(
-        f"CAST(NULL AS {_sql_type(field.type)}) AS {_identifier(field.name)}" for field in table_schema
-    ) + " WHERE false"
-
-
-def _first_file(root: str, glob: str) -> Path | None:
-    """The file DuckDB reads first for `glob` (it sorts the matches); None when none exists."""
-    return next(_matches(root, glob), None)
-
-
-def _matches(root: str, glob: str) -> Iterator[Path]:
-    """The files of `glob` under the folder `root` (taken literally), in DuckDB's sorted order."""
-    folder, star, name = glob.split("/")  # the layout's globs are all "<folder>/*/<file>"
-    if star != "*":
-        raise ValueError(f"unexpected glob {glob!r}")
-    try:
-        entries = sorted(entry.name for entry in os.scandir(os.path.join(root, folder)))
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for entry in entries:
-        candidate = Path(root, folder, entry, name)
-        if candidate.is_file():
-            yield candidate
-
-
-def _sql_type(arrow: pa.DataType) -> str:
-    if pa.types.is_string(arrow) or pa.types.is_large_string(arrow):
-        return "VARCHAR"
-    if pa.types.is_boolean(arrow):
-        return "BOOLEAN"
-    if pa.types.is_integer(arrow):
-        return {8: "TINYINT", 16: "SMALLINT", 32: "INTEGER", 64: "BIGINT"}[arrow.bit_width]
-    if pa.types.is_floating(arrow):
-        return "FLOAT" if arrow.bit_width == 32 else "DOUBLE"
-    if pa.types.is_timestamp(arrow):
-        return "TIMESTAMPTZ" if arrow.tz else "TIMESTAMP"
-    raise TypeError(f"no DuckDB type for {arrow}")
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def check_read_only(sql: str) -> None:

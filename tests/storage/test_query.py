@@ -11,7 +11,7 @@ import pytest
 
 from rethink.errors import RethinkError
 from rethink.storage import layout, schema
-from rethink.storage.errors import NotAStoreError, QueryError, ReadOnlyError
+from rethink.storage.errors import QueryError, ReadOnlyError
 from rethink.storage.query import run_query
 
 from .conftest import CURVES, epoch_rows, fingerprint, write_table
@@ -100,10 +100,10 @@ def test_out_inside_the_store_is_refused(store: Path, inside: str) -> None:
 
 
 def test_a_folder_that_is_not_a_store_is_named_with_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(NotAStoreError) as caught:
+    with pytest.raises(RethinkError) as caught:
         run_query(str(tmp_path), "SELECT 1")
     assert str(tmp_path) in str(caught.value) and "rethink submit" in str(caught.value)
-    with pytest.raises(NotAStoreError):
+    with pytest.raises(RethinkError, match="is not a rethink store"):
         run_query(str(tmp_path / "missing"), "SELECT 1")
 
 

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from rethink.cli import app
 from rethink.storage.errors import QueryError
-from rethink.storage.query import format_csv, format_json, format_table, run_query
+from rethink.storage.formatting import format_csv, format_json, format_table
+from rethink.storage.query import run_query
 
 from .conftest import fingerprint
 

@@ -1,0 +1,184 @@
+"""Where the views' rows come from: a table's files, as one SELECT for DuckDB. The reader
+(reader.py) asks `parts.sources` which files hold a table; each Source becomes one SELECT here,
+less the rows of the runs it excludes, and the sources are stitched with UNION ALL BY NAME.
+
+Local stores: DuckDB reads the files itself, `read_parquet` over the source's glob (the fast
+path; the lock then admits the store's folder and nothing else).
+
+Remote stores (s3://, any pyarrow filesystem): DuckDB cannot reach them, since its httpfs
+extension is downloaded on first use and these machines are offline. So the store's own pyarrow
+filesystem lists each folder once, recursively (one LIST request per 1,000 keys, never a HEAD
+per file), and each source becomes a pyarrow dataset of those files, registered on the
+connection; each file's size comes from the listing, so opening it costs no extra request. DuckDB
+scans the dataset through Arrow (columns and filters pushed down) and itself touches no file at
+all. The dataset's schema is the table's declared one: a file written before a column existed
+reads it as NULL with no extra pass over every file's schema (what `union_by_name` costs
+locally)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from rethink.storage.parts import Source
+from rethink.storage.store import Store
+
+GLOB_CHARS = "[]*?"
+
+
+class Scan:
+    """The tables of one store as SQL, for one connection. `folder`: the store's local folder
+    (resolved), or None for a remote store."""
+
+    def __init__(self, store: Store, folder: str | None):
+        self.store, self.folder = store, folder
+        self._listed: dict[str, list[pafs.FileInfo]] = {}  # remote: folder -> its files, listed once
+        self._registered = 0
+
+    def table(self, con: duckdb.DuckDBPyConnection, sources: Sequence[Source], table_schema: pa.Schema,
+              union_by_name: bool | None) -> str:
+        """SELECT every column of `table_schema` (and any a local file adds) from `sources`, the
+        rows of each source's excluded runs left out; zero typed rows while no file exists."""
+        selects = []
+        for source in sources:
+            if self.folder is not None:
+                select = self._local(con, source.glob, table_schema, union_by_name)
+            else:
+                select = self._remote(con, source.glob, table_schema)
+            if select is None:
+                continue
+            if source.exclude:
+                runs = ", ".join(literal(run_id) for run_id in sorted(source.exclude))
+                select = f"SELECT * FROM ({select}) WHERE run_id NOT IN ({runs})"
+            selects.append(select)
+        return "\n    UNION ALL BY NAME\n    ".join(selects) if selects else empty(table_schema)
+
+    # -- local: DuckDB reads the files ----------------------------------------------------------
+
+    def _local(self, con: duckdb.DuckDBPyConnection, glob: str, table_schema: pa.Schema,
+               union_by_name: bool | None) -> str | None:
+        """`union_by_name` says how the files are stitched together. True: DuckDB reads every
+        file's schema first, so files written before a column existed mix with newer ones (at
+        10,000 runs that costs seconds per query). False: the first file's schema stands for all,
+        and a query reading a column some other file lacks fails loudly (`is_schema_mismatch`).
+        None: False, unless the first file lacks a column of the current schema that another
+        file has."""
+        first = next(self._local_matches(glob), None)
+        if first is None:
+            return None
+        files = self._local_files(glob)
+        try:
+            missing = [name for name in table_schema.names if name not in pq.read_schema(first).names]
+        except (pa.ArrowException, OSError):  # not Parquet: DuckDB names the file when it reads it
+            missing = table_schema.names
+        if union_by_name is None:
+            # Files differ where a newer rethink added columns. If the first file lacks some, one
+            # look at every file's schema (once, here) tells whether any file has them.
+            union_by_name = bool(missing) and con.execute(
+                f"SELECT count(*) > 0 FROM parquet_schema({files}) WHERE name IN ({', '.join(map(literal, missing))})"
+            ).fetchall()[0][0]
+        read = (f"SELECT * FROM read_parquet({files}, "
+                f"union_by_name = {str(union_by_name).lower()}, hive_partitioning = false)")
+        # The first file names and types the columns; where it lacks some, the empty typed rows
+        # add them, as NULL. Otherwise the scan stays plain.
+        return f"{empty(table_schema)}\n    UNION ALL BY NAME\n    {read}" if missing else read
+
+    def _local_files(self, glob: str) -> str:
+        """The SQL for the files of `glob`. A store folder whose path holds a glob character
+        (`s[1]*`) is a folder, not a pattern, and a literal entry is one folder: their files are
+        listed here, one by one, since the read-only lock (allowed_directories) checks a
+        pattern's text as a path."""
+        entry = split(glob)[1]
+        if not any(c in self.folder for c in GLOB_CHARS) and entry.endswith("*"):
+            return literal(f"{self.folder}/{glob}")
+        return "[" + ", ".join(literal(str(path)) for path in self._local_matches(glob)) + "]"
+
+    def _local_matches(self, glob: str) -> Iterator[Path]:
+        """The files of `glob` under the store's folder (taken literally), in DuckDB's sorted order."""
+        folder, entry, name = split(glob)
+        try:
+            entries = sorted(e.name for e in Path(self.folder, folder).iterdir() if matches(entry, e.name))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for found in entries:
+            candidate = Path(self.folder, folder, found, name)
+            if candidate.is_file():
+                yield candidate
+
+    # -- remote: pyarrow reads the files, DuckDB scans them through Arrow ------------------------
+
+    def _remote(self, con: duckdb.DuckDBPyConnection, glob: str, table_schema: pa.Schema) -> str | None:
+        folder, entry, name = split(glob)
+        base = self.store.path(folder) + "/"
+        files = []
+        for info in self._listing(folder):
+            parts = info.path[len(base):].split("/")
+            if len(parts) == 2 and parts[1] == name and matches(entry, parts[0]):
+                files.append(info)
+        if not files:
+            return None
+        import pyarrow.dataset as ds  # here: local stores never need it (nor its import time)
+
+        fmt = ds.ParquetFileFormat()
+        fragments = [fmt.make_fragment(info.path, self.store.fs, file_size=info.size) for info in files]
+        view = f"rethink_{folder}_{self._registered}"  # a name user SQL could read: store rows only
+        self._registered += 1
+        con.register(view, ds.FileSystemDataset(fragments, table_schema, fmt, self.store.fs))
+        return f"SELECT * FROM {view}"
+
+    def _listing(self, folder: str) -> list[pafs.FileInfo]:
+        """The files under `folder` of the store, sorted by path; one listing per folder."""
+        if folder not in self._listed:
+            selector = pafs.FileSelector(self.store.path(folder), recursive=True, allow_not_found=True)
+            infos = self.store.fs.get_file_info(selector)
+            self._listed[folder] = sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+        return self._listed[folder]
+
+
+def split(glob: str) -> tuple[str, str, str]:
+    """A source's glob as (folder, entry, file): every glob in parts.py is `<folder>/<entry>/<file>`."""
+    pieces = glob.split("/")
+    if len(pieces) != 3 or any(c in pieces[0] + pieces[2] for c in GLOB_CHARS):
+        raise ValueError(f"unexpected glob {glob!r}: want <folder>/<entry>/<file>")
+    return pieces[0], pieces[1], pieces[2]
+
+
+def matches(entry: str, name: str) -> bool:
+    """An entry pattern is `*`, a prefix followed by `*` (`run_id=*`), or one literal name."""
+    if entry.endswith("*") and "*" not in entry[:-1]:
+        return name.startswith(entry[:-1])
+    return name == entry
+
+
+def empty(table_schema: pa.Schema) -> str:
+    """Zero rows with the columns and types of `table_schema`."""
+    return "SELECT " + ", ".join(
+        f"CAST(NULL AS {_sql_type(field.type)}) AS {identifier(field.name)}" for field in table_schema
+    ) + " WHERE false"
+
+
+def _sql_type(arrow: pa.DataType) -> str:
+    if pa.types.is_string(arrow) or pa.types.is_large_string(arrow):
+        return "VARCHAR"
+    if pa.types.is_boolean(arrow):
+        return "BOOLEAN"
+    if pa.types.is_integer(arrow):
+        return {8: "TINYINT", 16: "SMALLINT", 32: "INTEGER", 64: "BIGINT"}[arrow.bit_width]
+    if pa.types.is_floating(arrow):
+        return "FLOAT" if arrow.bit_width == 32 else "DOUBLE"
+    if pa.types.is_timestamp(arrow):
+        return "TIMESTAMPTZ" if arrow.tz else "TIMESTAMP"
+    raise TypeError(f"no DuckDB type for {arrow}")
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -233,12 +233,8 @@ def query(
 ) -> None:
     """Ask the store a question in SQL (DuckDB, read-only)."""
     from rethink.storage.query import run_query
-    from rethink.storage.store import Store
 
-    opened = Store.open(store)
-    if not opened.local:
-        raise RethinkError(f"query reads local stores only; copy '{store}' to a folder first (e.g. aws s3 sync)")
-    text = run_query(opened.root, sql, fmt, str(out) if out else None, timeout=timeout)
+    text = run_query(store, sql, fmt, str(out) if out else None, timeout=timeout)
     if text is not None:
         typer.echo(text)
 

@@ -193,6 +193,15 @@ def cancel(name: NameArg, store: StoreOpt = DEFAULT_STORE) -> None:
 
 
 @app.command()
+def compact(name: NameArg, store: StoreOpt = DEFAULT_STORE) -> None:
+    """Fold NAME's finished runs (their epoch and status files) into a few larger Parquet parts."""
+    from rethink.storage.compact import compact as fold
+    from rethink.storage.store import Store
+
+    typer.echo(fold(Store.open(store), name).line())
+
+
+@app.command()
 def status(
     name: Annotated[str | None, typer.Argument(help="Experiment name (default: all).", callback=_experiment)] = None,
     store: StoreOpt = DEFAULT_STORE,

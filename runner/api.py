@@ -4,6 +4,8 @@ report where it stands. cli.py calls these and prints what they return."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from rethink.runner.grid import Grid, parse_grid, run_row
@@ -24,8 +26,9 @@ def submit(
         store.save_experiment(grid.name, grid.text, [run_row(grid.name, run) for run in grid.runs])
         store.clear_cancel(grid.name)
 
-    return run_experiment(store, grid.name, list(grid.runs), grid.resources, data_dir,
-                          address=address, quiet=quiet, pack_size=pack_size, prepare=prepare)
+    return _compacted(store, grid.name, run_experiment(
+        store, grid.name, list(grid.runs), grid.resources, data_dir,
+        address=address, quiet=quiet, pack_size=pack_size, prepare=prepare))
 
 
 def resume(
@@ -37,8 +40,23 @@ def resume(
     grid = parse_grid(store.experiment_grid(name), source=f"{name}/grid.yaml")
     runs = [RunSpec.from_dict(json.loads(row["config"])) for row in store.experiment_rows(name)]
     store.clear_cancel(name)
-    return run_experiment(store, name, runs, grid.resources, data_dir, address=address, quiet=quiet,
-                          pack_size=pack_size)
+    return _compacted(store, name, run_experiment(
+        store, name, runs, grid.resources, data_dir, address=address, quiet=quiet, pack_size=pack_size))
+
+
+def _compacted(store: Store, name: str, summary: Summary) -> Summary:
+    """Fold the experiment's finished runs into parts now that its grid has ended (cheap when
+    there is little to do: storage/compact.py). It never fails a grid: an error is one warning."""
+    from rethink.storage.compact import compact
+
+    if os.environ.get("RETHINK_COMPACT") == "0":  # off: every run keeps its own files
+        return summary
+    try:
+        compact(store, name)
+    except Exception as exc:  # noqa: BLE001 - the runs are trained and stored; only folding failed
+        print(f"warning: {name}: results left uncompacted ({' '.join(str(exc).split())}); "
+              f"`rethink compact {name}` folds them", file=sys.stderr)
+    return summary
 
 
 def cancel(name: str, store_uri: str) -> None:

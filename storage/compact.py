@@ -79,13 +79,17 @@ class Compaction:
 
     def line(self) -> str:
         if self.gen is None:
-            why = f" ({self.skipped} runs unfinished or running)" if self.skipped else ""
+            why = f" ({_runs(self.skipped)} unfinished or running)" if self.skipped else ""
             return f"{self.experiment}: nothing to compact{why}"
         merged = f", {self.merged} older part{'s' if self.merged != 1 else ''} merged" if self.merged else ""
-        left = f"; {self.skipped} runs unfinished or running left as they are" if self.skipped else ""
-        return (f"{self.experiment}: folded {self.runs} run{'s' if self.runs != 1 else ''} "
+        left = f"; {_runs(self.skipped)} unfinished or running left as they are" if self.skipped else ""
+        return (f"{self.experiment}: folded {_runs(self.runs)} "
                 f"({self.rows:,} epoch rows) into part {self.gen}{merged}; "
                 f"epochs and status files {self.files_before:,} → {self.files_after:,}{left}")
+
+
+def _runs(n: int) -> str:
+    return f"{n:,} run{'s' if n != 1 else ''}"
 
 
 @dataclass
@@ -197,9 +201,7 @@ def _conform(data: pa.Table, table_schema: pa.Schema, run_id: str) -> pa.Table:
     unknown = set(data.column_names) - set(table_schema.names)
     if unknown:
         raise ValueError(f"unknown columns {sorted(unknown)}")
-    columns = [data[f.name].cast(f.type) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
-               for f in table_schema]
-    out = pa.Table.from_arrays(columns, schema=table_schema)
+    out = _conform_any(data, table_schema)
     if data.num_rows and not pc.all(pc.equal(out["run_id"], run_id)).as_py():
         raise ValueError("rows of another run")
     return out
@@ -265,6 +267,7 @@ def _part_table(store: Store, table: str, listed: list[parts.Part], merged: set[
 
 
 def _conform_any(data: pa.Table, table_schema: pa.Schema) -> pa.Table:
+    """`data` with exactly the columns of `table_schema`, in order; missing ones null."""
     columns = [data[f.name].cast(f.type) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
                for f in table_schema]
     return pa.Table.from_arrays(columns, schema=table_schema)

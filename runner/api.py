@@ -26,9 +26,10 @@ def submit(
         store.save_experiment(grid.name, grid.text, [run_row(grid.name, run) for run in grid.runs])
         store.clear_cancel(grid.name)
 
-    return _compacted(store, grid.name, run_experiment(
-        store, grid.name, list(grid.runs), grid.resources, data_dir,
-        address=address, quiet=quiet, pack_size=pack_size, prepare=prepare))
+    with store.driver_lease():  # one driver at a time where the store has no exclusive create
+        return _compacted(store, grid.name, run_experiment(
+            store, grid.name, list(grid.runs), grid.resources, data_dir,
+            address=address, quiet=quiet, pack_size=pack_size, prepare=prepare))
 
 
 def resume(
@@ -40,8 +41,9 @@ def resume(
     grid = parse_grid(store.experiment_grid(name), source=f"{name}/grid.yaml")
     runs = [RunSpec.from_dict(json.loads(row["config"])) for row in store.experiment_rows(name)]
     store.clear_cancel(name)
-    return _compacted(store, name, run_experiment(
-        store, name, runs, grid.resources, data_dir, address=address, quiet=quiet, pack_size=pack_size))
+    with store.driver_lease():
+        return _compacted(store, name, run_experiment(
+            store, name, runs, grid.resources, data_dir, address=address, quiet=quiet, pack_size=pack_size))
 
 
 def _compacted(store: Store, name: str, summary: Summary) -> Summary:

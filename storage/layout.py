@@ -2,6 +2,8 @@
 paths here are relative to its root, Hive-partitioned so DuckDB, pandas and polars read them:
 
     store.json                                   marks the folder as a rethink store
+    driver.json                                  the running driver's lease, only on stores without
+                                                 exclusive create (gs://, hdfs://, mock://)
     experiments/name=NAME/grid.yaml              the frozen grid file, as resolved at submit
     experiments/name=NAME/runs.parquet           one row per run of the experiment: its config
     experiments/name=NAME/cancel.json            present while a cancel is requested
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from rethink.errors import SpecError
 
 MARKER = "store.json"
+DRIVER_LEASE = "driver.json"  # Store.driver_lease: one driver at a time where creates are not exclusive
 NAME_MAX = 100  # characters: `name=NAME` stays far inside a file name's 255 bytes
 NAME_PATTERN = re.compile(rf"[a-z0-9_-]{{1,{NAME_MAX}}}")  # use with fullmatch, or check_name
 NAME_RULE = f"match [a-z0-9_-]+ (lower-case letters, digits, _ and -) and be at most {NAME_MAX} characters"

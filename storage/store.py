@@ -1,6 +1,7 @@
 """A store: the experiments, run status, claims, epoch rows and checkpoints of `layout.py`, on a
-local directory or any pyarrow filesystem URI. Every write is atomic (temporary name, then
-rename); epoch rows are keyed by (run_id, epoch) and the file is rewritten whole, so a rewrite
+local directory or any pyarrow filesystem URI. Every write is atomic (locally a temporary name, then
+rename; on S3 one PUT); claims and grid freezes are exactly-once (O_EXCL-like link locally, a
+conditional PUT on S3, a driver lease elsewhere); epoch rows are keyed by (run_id, epoch) and the file is rewritten whole, so a rewrite
 replaces rows and never duplicates them."""
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ import io
 import json
 import os
 import socket
+import tempfile
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -21,9 +26,13 @@ import pyarrow.parquet as pq
 from rethink.errors import RethinkError, os_errors
 from rethink.storage import schema
 from rethink.storage.atomic import write_bytes
-from rethink.storage.layout import MARKER, ExperimentPaths, RunPaths, attempt_of, epoch_of
+from rethink.storage.layout import DRIVER_LEASE, MARKER, ExperimentPaths, RunPaths, attempt_of, epoch_of
+
+if TYPE_CHECKING:
+    from rethink.storage.objectstore import S3Objects
 
 CLAIM_TIMEOUT_S = float(os.environ.get("RETHINK_CLAIM_TIMEOUT", 600))  # no heartbeat this long: stale
+LEASE_SETTLE_S = 2.0  # a driver lease is read back this long after writing it (no exclusive create)
 
 
 class StoreError(RethinkError):
@@ -42,6 +51,8 @@ class Store:
     def __init__(self, fs: pafs.FileSystem, root: str, uri: str):
         self.fs, self.root, self.uri = fs, root.rstrip("/"), uri
         self.local = isinstance(fs, pafs.LocalFileSystem)
+        self._objects: S3Objects | None = None
+        self._beats: dict[str, float] = {}  # claim -> time.monotonic() of its last heartbeat here
 
     @classmethod
     def open(cls, uri: str | Path, create: bool = False) -> Store:
@@ -66,7 +77,8 @@ class Store:
             return store
         if not create:
             raise StoreError(f"'{text}' is not a rethink store (no {MARKER}); `rethink submit` makes one")
-        if kind == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(root)):
+        if kind == pafs.FileType.Directory and [  # another submit making it now leaves only its marker
+                i for i in fs.get_file_info(pafs.FileSelector(root)) if not i.base_name.startswith((MARKER, f".{MARKER}."))]:
             raise StoreError(f"'{text}' is a folder that is not empty and not a rethink store; choose another --store")
         with os_errors("create the store", f"'{text}'"):  # the first write: a path that cannot be a store
             store.write(MARKER, json.dumps({"rethink_store": 1, "created": now().isoformat()}).encode())
@@ -76,6 +88,21 @@ class Store:
 
     def path(self, relative: str) -> str:
         return f"{self.root}/{relative}"
+
+    @property
+    def objects(self) -> S3Objects | None:
+        """Conditional and single-PUT writes (boto3) when the store is on S3; None elsewhere."""
+        if self._objects is None and self.fs.type_name == "s3":
+            from rethink.storage.objectstore import S3Objects
+
+            self._objects = S3Objects(self.uri)
+        return self._objects
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether this store kind can create a file only when absent (local disk, S3). Without it
+        claims and grid freezes are check-then-write, so one driver at a time (driver_lease)."""
+        return self.local or self.fs.type_name == "s3"
 
     def _info(self, full: str) -> pafs.FileInfo:
         try:
@@ -87,10 +114,14 @@ class Store:
         return self._info(self.path(relative)).type == pafs.FileType.File
 
     def write(self, relative: str, data: bytes) -> None:
+        """Replace the file whole: readers see the old one or the new one, never half of it."""
         if self.local:
             write_bytes(self.path(relative), data)
             return
         full = self.path(relative)
+        if self.objects is not None:  # one PUT is atomic on S3; a temporary object + move is a copy
+            self.objects.put(full, data)
+            return
         tmp = f"{full}.{uuid.uuid4().hex}.tmp"
         self.fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
         with self.fs.open_output_stream(tmp) as out:
@@ -103,6 +134,8 @@ class Store:
                 return f.read()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # e.g. refused credentials on an object store: one line
+            raise StoreError(f"cannot read {relative} in store '{self.uri}': {' '.join(str(exc).split())}") from None
 
     def delete(self, relative: str) -> None:
         try:
@@ -112,7 +145,10 @@ class Store:
 
     def listdir(self, relative: str) -> list[str]:
         selector = pafs.FileSelector(self.path(relative), allow_not_found=True)
-        return sorted(info.base_name for info in self.fs.get_file_info(selector))
+        try:
+            return sorted(info.base_name for info in self.fs.get_file_info(selector))
+        except OSError as exc:  # e.g. refused credentials: one line, as _info says it
+            raise StoreError(f"cannot list store '{self.uri}': {' '.join(str(exc).split())}") from None
 
     def write_table(self, relative: str, rows: list[dict], table_schema: pa.Schema) -> None:
         buffer = io.BytesIO()
@@ -144,13 +180,14 @@ class Store:
         return self.exists(paths.runs)
 
     def save_experiment(self, name: str, grid_text: str, rows: list[dict]) -> None:
-        """Freeze an experiment's grid and run list; the same grid again is a no-op, a different
-        grid under the same name is refused."""
+        """Freeze an experiment's grid and run list, exactly once: grid.yaml is created only when
+        absent, so of two submits started together one wins; the other reads the winner's grid
+        (the same text is a no-op, another grid is refused). runs.parquet follows the grid; a
+        winner that died in between is completed by the same grid submitted again."""
         paths = ExperimentPaths(name)
-        if self.check_experiment(name, grid_text):
+        if not self._create_exclusive(paths.grid, grid_text.encode()) and self.check_experiment(name, grid_text):
             return
-        self.write_table(paths.runs, rows, schema.EXPERIMENT_RUNS)
-        self.write(paths.grid, grid_text.encode())
+        self.write_table(paths.runs, rows, schema.EXPERIMENT_RUNS)  # the same grid makes the same rows
 
     def experiments(self) -> list[str]:
         return [n.split("=", 1)[1] for n in self.listdir("experiments") if n.startswith("name=")]
@@ -215,17 +252,39 @@ class Store:
         owner = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": now().isoformat()}
         if not self._create_exclusive(paths.claim(attempt), json.dumps(owner).encode()):
             return None  # someone else took this attempt number first
+        self._beats[paths.claim(attempt)] = time.monotonic()
         return attempt
 
     def owns(self, run_id: str, attempt: int) -> bool:
-        """True while no later attempt has taken the run over; refreshes the heartbeat."""
+        """True while no later attempt has taken the run over; refreshes the heartbeat (called
+        every epoch: on an object store the claim is rewritten at most every CLAIM_TIMEOUT_S/10)."""
         paths = RunPaths(run_id)
         later = [a for a in map(attempt_of, self.listdir(paths.claims)) if a is not None and a > attempt]
         if later:
             return False
-        if self.local:
-            os.utime(self.path(paths.claim(attempt)))
+        self._beat(paths.claim(attempt))
         return True
+
+    def _beat(self, relative: str) -> None:
+        """Move the claim's mtime, by which others judge it live. Locally a utime; on S3 the
+        claim is rewritten with a `beat` time by a PUT conditional on the version just read, so a
+        release (or any other write) in between is never overwritten; a released or damaged
+        claim is left as it is."""
+        if self.local:
+            os.utime(self.path(relative))
+            return
+        if time.monotonic() - self._beats.get(relative, -float("inf")) < CLAIM_TIMEOUT_S / 10:
+            return
+        self._beats[relative] = time.monotonic()
+        if self.objects is not None:
+            found = self.objects.get(self.path(relative))
+            owner = _owner(found[0]) if found else {}
+            if owner and not owner.get("released"):
+                self.objects.replace(self.path(relative), _beating(owner), etag=found[1])
+            return
+        owner = self._read_claim(relative)  # no conditional put: safe under the one driver's lease
+        if owner and not owner.get("released"):
+            self.write(relative, _beating(owner))
 
     def release(self, run_id: str, attempt: int) -> None:
         """Mark the run's claim as given up (done, failed or cancelled), keeping its number."""
@@ -242,11 +301,7 @@ class Store:
 
     def _read_claim(self, relative: str) -> dict:
         """A claim's content; a damaged one reads as empty (stale: anyone may take the run)."""
-        try:
-            owner = json.loads(self.read(relative) or b"{}")
-        except ValueError:
-            return {}
-        return owner if isinstance(owner, dict) else {}
+        return _owner(self.read(relative) or b"{}")
 
     def claim_holder(self, run_id: str) -> dict | None:
         """The live owner of the run, if any (for waiting on runs another process trains)."""
@@ -269,20 +324,59 @@ class Store:
         return time.time() - mtime > CLAIM_TIMEOUT_S
 
     def _create_exclusive(self, relative: str, data: bytes) -> bool:
+        """Create the file with `data` only when it is absent; True for the one caller that did.
+        Whoever loses reads the whole winner's file, never an empty or half one."""
         full = self.path(relative)
-        if not self.local:  # object stores have no exclusive create: check, then write
-            if self.exists(relative):
-                return False
-            self.write(relative, data)
-            return True
-        Path(full).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(full, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        if self.local:
+            return _link_exclusive(Path(full), data)
+        if self.objects is not None:
+            return self.objects.create(full, data)
+        if self.exists(relative):  # no exclusive create here: check, then write (see driver_lease)
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        self.write(relative, data)
         return True
+
+    @contextmanager
+    def driver_lease(self) -> Iterator[None]:
+        """One driver at a time on a store kind without exclusive create (gs://, hdfs://, mock://),
+        where two drivers' claims and grid freezes could both succeed: a lease file, read back
+        LEASE_SETTLE_S after writing it (last writer wins), refreshed while the driver runs and
+        deleted at its end; another live driver's lease is refused in one line. Local and S3
+        stores need none (their creates are exclusive): there this does nothing."""
+        if self.exclusive:
+            yield
+            return
+        token = uuid.uuid4().hex
+        owner = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": now().isoformat()}
+        for check in ("before", "after"):
+            held = self._read_claim(DRIVER_LEASE)
+            if held.get("token") != token and not self._stale(DRIVER_LEASE, token=None):
+                kind = self.uri.partition("://")[0] or self.fs.type_name
+                raise StoreError(
+                    f"another driver (host {held.get('host')}, pid {held.get('pid')}, since {held.get('at')}) "
+                    f"is using store '{self.uri}', and {kind}:// stores have no exclusive create, so two "
+                    f"drivers could train a run twice; wait for it to end, or use a local folder or s3:// store")
+            if check == "before":
+                self.write(DRIVER_LEASE, json.dumps(owner).encode())
+                time.sleep(LEASE_SETTLE_S)  # a driver that checked as we did has written by now
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(CLAIM_TIMEOUT_S / 10):
+                try:
+                    self.write(DRIVER_LEASE, _beating(owner))
+                except Exception:  # noqa: BLE001 - retried next beat; stale only after CLAIM_TIMEOUT_S
+                    continue
+
+        beating = threading.Thread(target=beat, name="rethink-driver-lease", daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beating.join()
+            if self._read_claim(DRIVER_LEASE).get("token") == token:
+                self.delete(DRIVER_LEASE)
 
     # -- epochs and checkpoints -----------------------------------------------------------------
 
@@ -364,6 +458,49 @@ class Store:
 
     def delete_checkpoint(self, run_id: str, epoch: int) -> None:
         self.delete(RunPaths(run_id).checkpoint(epoch))
+
+
+def _owner(blob: bytes) -> dict:
+    """A claim's (or lease's) JSON as a dict; damaged reads as {}."""
+    try:
+        owner = json.loads(blob)
+    except ValueError:
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _beating(owner: dict) -> bytes:
+    return json.dumps(owner | {"beat": now().isoformat()}).encode()
+
+
+def _link_exclusive(path: Path, data: bytes) -> bool:
+    """Write `data` to a temporary file beside `path`, then hard-link it to `path`: the link fails
+    when `path` exists, and a reader never sees the file before it is whole (O_EXCL would show it
+    empty). Filesystems without hard links fall back to O_EXCL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network and FAT filesystems)
+            pass
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -107,7 +107,12 @@ def start(folder: Path) -> S3Server:
     process = subprocess.Popen(
         [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", f"-s3.port={port}",
          f"-s3.config={identities}", f"-master.port={port + 1}", f"-volume.port={port + 2}",
-         f"-filer.port={port + 3}"],
+         f"-filer.port={port + 3}",
+         # each bucket is a collection with volumes of its own: the default 8 volumes of 30 GB ran
+         # out after two or three buckets ("No writable volumes"); small ones, many allowed
+         "-master.volumeSizeLimitMB=64", "-volume.max=500",
+         # its Iceberg and Lance catalogs listen on fixed ports (8181, 9101): a second server exited
+         "-s3.port.iceberg=0", "-s3.port.lance=0"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = S3Server(port, process, folder)
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from rethink.runner.grid import parse_grid
+from rethink.storage.layout import attempt_of
 from rethink.storage.store import Store, StoreError
 from rethink.tasks.spec import RunSpec
 from tests import s3server
@@ -145,9 +146,10 @@ def claims(s3_server, store_uri: str, run_id: str) -> dict[str, dict]:
     parts = urlsplit(store_uri)
     prefix = f"{parts.path.strip('/')}/runs/run_id={run_id}/claims/"
     client = s3_server.client()
-    listed = client.list_objects_v2(Bucket=parts.netloc, Prefix=prefix).get("Contents", [])
-    return {item["Key"].rsplit("/", 1)[1]: json.loads(client.get_object(Bucket=parts.netloc, Key=item["Key"])["Body"].read())
-            for item in listed}
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=parts.netloc, Prefix=prefix).get("Contents", [])]
+    # pyarrow may leave an empty `claims/` folder marker: only attempt=NNNN.json objects are claims
+    return {key.rsplit("/", 1)[1]: json.loads(client.get_object(Bucket=parts.netloc, Key=key)["Body"].read())
+            for key in keys if attempt_of(key.rsplit("/", 1)[1]) is not None}
 
 
 # ---- the tests (in this order: the last one loses a node) --------------------------------------

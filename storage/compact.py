@@ -72,7 +72,7 @@ class Compaction:
     merged: int = 0  # older parts merged into the new one
     kept: int = 0  # runs folded whose files changed meanwhile: kept, folded next time
     skipped: int = 0  # runs with files of their own not folded: unfinished, running or damaged
-    files_before: int = 0  # epochs and status files: this experiment's per-run files, all parts
+    files_before: int = 0  # epochs and status files: the per-run files looked at, all parts
     files_after: int = 0
     gen: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -114,7 +114,7 @@ def _compact(store: Store, name: str, run_ids: set[str]) -> Compaction:
     found = {table: parts.list_parts(store, table) for table in SCHEMAS}
     held = {run for table in SCHEMAS for part in found[table] for run in part.runs}
     files = {table: parts.per_run_ids(store, table, run_ids | held) for table in SCHEMAS}
-    result.files_before = sum(len(f & run_ids) for f in files.values()) + sum(map(len, found.values()))
+    result.files_before = sum(map(len, files.values())) + sum(map(len, found.values()))
     folded = []
     for run_id in sorted(files["epochs"] | files["status"]):
         run = _read_run(store, run_id, [table for table in SCHEMAS if run_id in files[table]])

@@ -145,7 +145,8 @@ def _finish(store: Store, writer: PackWriter, result: PackResult, outcome: RunOu
     if stopped == StopReason.TAKEN_OVER:  # another attempt owns the run now: its status is theirs
         result.outcome = Outcome.TAKEN_OVER
         return
-    store.release(run_id, writer.attempts[run_id])
+    # The status first, the claim after: a claim released while the status still said running
+    # would let another driver's task take the run and train it again.
     if stopped == StopReason.CANCELLED:
         result.outcome = Outcome.CANCELLED
         writer.put_status(run_id, status=RunState.PENDING, stop_reason=StopReason.CANCELLED, error=None, phase=None)
@@ -159,6 +160,7 @@ def _finish(store: Store, writer: PackWriter, result: PackResult, outcome: RunOu
         result.error = outcome.error
         writer.put_status(run_id, status=RunState.FAILED, stop_reason=outcome.stop_reason, error=outcome.error,
                           finished_at=now(), phase=None)
+    store.release(run_id, writer.attempts[run_id])
 
 
 def _one_line(exc: BaseException) -> str:

@@ -30,8 +30,17 @@ import pyarrow.fs as pafs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/s3server.py, bench/store_query.py
 
 from bench.store_query import SUMMARY, build  # noqa: E402
+from rethink.storage import layout  # noqa: E402
 
 RETHINK = str(Path(sys.executable).parent / "rethink")
+GRID = """\
+name: {name}
+dataset: cifar10
+model: mlp1x512
+corruption: [{{kind: labels, level: [0.0, 0.5, 1.0]}}]
+seed: [0, 1]
+train: {{epochs: {epochs}}}
+"""
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -81,6 +90,8 @@ def main() -> None:
         local.mkdir()
         t0 = time.perf_counter()
         build(local, runs, args.epochs)
+        for name in ("bench-a", "bench-b"):  # build() writes each experiment's runs; the report reads its grid too
+            Path(local, layout.ExperimentPaths(name).grid).write_text(GRID.format(name=name, epochs=args.epochs))
         print(f"wrote {runs} runs x {args.epochs} epochs in {time.perf_counter() - t0:.1f} s")
         server = None
         uri = str(local)

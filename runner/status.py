@@ -5,7 +5,7 @@ It reads local and remote stores alike, through the SQL views (storage/reader.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 from rich.table import Table
@@ -35,14 +35,14 @@ def status_tables(store_uri: str, name: str | None = None) -> list[Table | Text]
         failed.add_column(column)
     notes: list[str] = []
     try:  # every experiment's rows first: a retry (files of an older schema) starts afresh
-        seen = Reader(store).run(lambda db: [_read_views(db, experiment) for experiment in names])
+        seen = Reader(store).run(lambda db: _read_views(db, names))
     except QueryError as exc:  # a damaged file the views cannot read: count from the status files
         notes = [f"the epoch rows cannot all be read ({exc}); counts come from the runs' status files"]
         for experiment in names:
             _from_status_files(store, experiment, counts, failed, notes)
     else:
-        for experiment, views in zip(names, seen):
-            _show_views(views, store, experiment, counts, failed, notes)
+        for experiment in names:
+            _show_views(seen[experiment], store, experiment, counts, failed, notes)
     out: list[Table | Text] = [counts, failed] if failed.row_count else [counts]
     return out + [Text(f"note: {note}") for note in notes]
 
@@ -51,40 +51,50 @@ def status_tables(store_uri: str, name: str | None = None) -> list[Table | Text]
 class _Views:
     """What the views say of one experiment."""
 
-    states: dict[str, int]  # runs per state
-    epochs: tuple[int, int | None]  # epochs done, epochs planned
-    failed: list[tuple]  # run_id, model, corruption, level, seed, attempts, error
-    running: list[str]
-    lost: list[str]  # done runs with fewer epoch rows than epochs done
-    versions: list[str]  # distinct code versions of its runs
+    states: dict[str, int] = field(default_factory=dict)  # runs per state
+    done: int = 0  # epochs done, over its runs
+    planned: int | None = None  # epochs planned (None: no run)
+    failed: list[tuple] = field(default_factory=list)  # run_id, model, corruption, level, seed, attempts, error
+    running: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # done runs with fewer epoch rows than epochs done
+    versions: set[str] = field(default_factory=set)  # the code versions its runs record
 
 
-def _read_views(db: duckdb.DuckDBPyConnection, experiment: str) -> _Views:
-    def column(sql: str) -> list:
-        return [r for (r,) in db.execute(sql, [experiment]).fetchall()]
+# One pass over `runs` for every experiment shown: on a remote store each query costs requests.
+_RUNS = """SELECT experiment, run_id, status, epochs_done, epochs, epoch_rows, coalesce(git_commit, rethink_version),
+       rethink_version IS NOT NULL, model, corruption, level, seed, attempts, error
+FROM runs WHERE list_contains(?::VARCHAR[], experiment) ORDER BY experiment, run_id"""
 
-    states = dict(db.execute(
-        "select status, count(*) from runs where experiment = ? group by status", [experiment]).fetchall())
-    epochs = db.execute(
-        "select coalesce(sum(epochs_done), 0), sum(epochs) from runs where experiment = ?", [experiment]).fetchall()[0]
-    failed = db.execute("select run_id, model, corruption, level, seed, attempts, error from runs "
-                        "where experiment = ? and status = 'failed' order by run_id", [experiment]).fetchall()
-    return _Views(states, epochs, failed,
-                  column("select run_id from runs where experiment = ? and status = 'running' order by run_id"),
-                  column("select run_id from runs where experiment = ? and status = 'done' "
-                         "and (epoch_rows is null or epoch_rows < epochs_done) order by run_id"),
-                  column("select distinct coalesce(git_commit, rethink_version) from runs "
-                         "where experiment = ? and rethink_version is not null order by 1"))
+
+def _read_views(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, _Views]:
+    seen = {name: _Views() for name in names}
+    for experiment, run_id, state, done, planned, rows, version, recorded, *failure in db.execute(
+            _RUNS, [names]).fetchall():
+        views = seen[experiment]
+        views.states[state] = views.states.get(state, 0) + 1
+        views.done += done or 0
+        if planned is not None:
+            views.planned = (views.planned or 0) + planned
+        if state == RunState.FAILED:
+            views.failed.append((run_id, *failure))
+        elif state == RunState.RUNNING:
+            views.running.append(run_id)
+        elif state == RunState.DONE and (rows is None or rows < done):
+            views.lost.append(run_id)
+        if recorded:
+            views.versions.add(version)
+    return seen
 
 
 def _show_views(views: _Views, store: Store, experiment: str, counts: Table, failed: Table,
                 notes: list[str]) -> None:
-    rows, (done, total) = views.states, views.epochs
-    counts.add_row(experiment, *(str(rows.get(s, 0)) for s in STATES), str(sum(rows.values())), f"{done}/{total}")
+    rows = views.states
+    counts.add_row(experiment, *(str(rows.get(s, 0)) for s in STATES), str(sum(rows.values())),
+                   f"{views.done}/{views.planned}")
     for row in views.failed:
         failed.add_row(experiment, *("" if v is None else str(v) for v in row))
     _note_orphans(store, experiment, views.running, notes)
-    lost, versions = views.lost, views.versions
+    lost, versions = views.lost, sorted(views.versions)
     if lost:
         notes.append(f"{experiment}: {_some(lost)} marked done but missing epoch rows; "
                      f"`rethink resume {experiment}` trains them again")

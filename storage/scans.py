@@ -8,15 +8,18 @@ path; the lock then admits the store's folder and nothing else).
 Remote stores (s3://, any pyarrow filesystem): DuckDB cannot reach them, since its httpfs
 extension is downloaded on first use and these machines are offline. So the store's own pyarrow
 filesystem lists each folder once, recursively (one LIST request per 1,000 keys, never a HEAD
-per file), and each source becomes a pyarrow dataset of those files, registered on the
-connection; each file's size comes from the listing, so opening it costs no extra request. DuckDB
-scans the dataset through Arrow (columns and filters pushed down) and itself touches no file at
-all. The dataset's schema is the table's declared one: a file written before a column existed
-reads it as NULL with no extra pass over every file's schema (what `union_by_name` costs
-locally)."""
+per file), and each source's rows are handed to DuckDB as Arrow, registered on the connection:
+- a source of up to IN_MEMORY_BYTES (the listing gives the sizes) is read whole when connecting,
+  one GET per file, many at once: then a command's many queries (status, report) run in memory;
+- a larger one becomes a lazy pyarrow dataset (the sizes again spare a HEAD per file), scanned
+  by each query for the columns and rows it reads.
+Either way DuckDB itself opens no file, and the rows come in the table's declared schema: a file
+written before a column existed reads it as NULL, with no pass over every file's schema (what
+`union_by_name` costs locally)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -29,6 +32,10 @@ from rethink.storage.parts import Source
 from rethink.storage.store import Store
 
 GLOB_CHARS = "[]*?"
+# A remote source up to this size (Parquet bytes) is read whole when connecting (a report's dozen
+# queries then fetch nothing again); a larger one stays lazy, each query fetching what it reads.
+IN_MEMORY_BYTES = 64 * 2**20
+READAHEAD = 16  # files fetched at once while reading a source whole: small files cost latency
 
 
 class Scan:
@@ -122,14 +129,28 @@ class Scan:
                 files.append(info)
         if not files:
             return None
-        import pyarrow.dataset as ds  # here: local stores never need it (nor its import time)
+        if sum(info.size for info in files) <= IN_MEMORY_BYTES:
+            rows: object = self._read_whole(files, table_schema)
+        else:
+            import pyarrow.dataset as ds  # here only: its import alone (pandas with it) takes 0.3 s
 
-        fmt = ds.ParquetFileFormat()
-        fragments = [fmt.make_fragment(info.path, self.store.fs, file_size=info.size) for info in files]
+            fmt = ds.ParquetFileFormat()
+            fragments = [fmt.make_fragment(info.path, self.store.fs, file_size=info.size) for info in files]
+            rows = ds.FileSystemDataset(fragments, table_schema, fmt, self.store.fs)
         view = f"rethink_{folder}_{self._registered}"  # a name user SQL could read: store rows only
         self._registered += 1
-        con.register(view, ds.FileSystemDataset(fragments, table_schema, fmt, self.store.fs))
+        con.register(view, rows)
         return f"SELECT * FROM {view}"
+
+    def _read_whole(self, files: list[pafs.FileInfo], table_schema: pa.Schema) -> pa.Table:
+        """Every file's rows, READAHEAD files at a time, one GET each, in the declared schema."""
+
+        def read(info: pafs.FileInfo) -> pa.Table:
+            with self.store.fs.open_input_stream(info.path) as f:
+                return conform(pq.read_table(pa.BufferReader(f.read())), table_schema)
+
+        with ThreadPoolExecutor(READAHEAD) as pool:
+            return pa.concat_tables(pool.map(read, files))
 
     def _listing(self, folder: str) -> list[pafs.FileInfo]:
         """The files under `folder` of the store, sorted by path; one listing per folder."""
@@ -153,6 +174,14 @@ def matches(entry: str, name: str) -> bool:
     if entry.endswith("*") and "*" not in entry[:-1]:
         return name.startswith(entry[:-1])
     return name == entry
+
+
+def conform(data: pa.Table, table_schema: pa.Schema) -> pa.Table:
+    """`data` in the columns and types of `table_schema`: a column it lacks (an older file) as
+    NULL, one it has beyond them dropped."""
+    columns = [data[f.name].cast(f.type) if f.name in data.column_names else pa.nulls(len(data), f.type)
+               for f in table_schema]
+    return pa.Table.from_arrays(columns, schema=table_schema.remove_metadata())
 
 
 def empty(table_schema: pa.Schema) -> str:

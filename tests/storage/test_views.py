@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
 
+from rethink.cli import app
 from rethink.errors import RethinkError
 from rethink.storage import layout, schema, summaries
 from rethink.storage.errors import QueryError, ReadOnlyError
@@ -246,3 +250,30 @@ def test_unparsable_sql_is_a_one_line_query_error(sql: str) -> None:
     assert "\n" not in message and "LINE 1" not in message and message
     if sql:
         assert re.match(r"Parser Error: ", message)
+
+
+def test_no_temp_directory_opens_a_way_out_of_the_store(store: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB admits its temp directory beside `allowed_directories`. It was once the fixed
+    `$TMPDIR/rethink-duckdb-$UID`: a symlink there to /etc let read_text read /etc/passwd. Now
+    the connection has none (reader.py); DuckDB's own default, `.tmp` in the working folder, is
+    refused too."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "secret").write_text("s3cret")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    (tmp / f"rethink-duckdb-{os.getuid()}").symlink_to(secrets)
+    (tmp / ".tmp").symlink_to(secrets)
+    monkeypatch.chdir(tmp)
+    for path in (tmp / f"rethink-duckdb-{os.getuid()}" / "secret", tmp / ".tmp" / "secret", ".tmp/secret",
+                 secrets / "secret"):
+        result = CliRunner().invoke(app, ["query", f"select * from read_text('{path}')", "--store", str(store)])
+        assert result.exit_code == 1 and "read only the store's own files" in result.stderr, result.output
+        assert "s3cret" not in result.output
+    con = connect(str(store))
+    assert con.execute("SELECT current_setting('temp_directory')").fetchall() == [("",)]
+    with pytest.raises(duckdb.Error, match="locked"):
+        con.execute(f"SET temp_directory = '{secrets}'")

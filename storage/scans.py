@@ -36,6 +36,7 @@ GLOB_CHARS = "[]*?"
 # queries then fetch nothing again); a larger one stays lazy, each query fetching what it reads.
 IN_MEMORY_BYTES = 64 * 2**20
 READAHEAD = 16  # files fetched at once while reading a source whole: small files cost latency
+WHOLE_FILE_BYTES = 2**20  # a file up to this size is fetched in one GET
 
 
 class Scan:
@@ -143,11 +144,18 @@ class Scan:
         return f"SELECT * FROM {view}"
 
     def _read_whole(self, files: list[pafs.FileInfo], table_schema: pa.Schema) -> pa.Table:
-        """Every file's rows, READAHEAD files at a time, one GET each, in the declared schema."""
+        """Every file's rows, READAHEAD files at a time, in the declared schema. A small file is
+        one GET; a larger one (a compacted part) its column chunks fetched side by side, which
+        took a third of one GET's time for 9 MB here (after a HEAD for its size)."""
 
         def read(info: pafs.FileInfo) -> pa.Table:
-            with self.store.fs.open_input_stream(info.path) as f:
-                return conform(pq.read_table(pa.BufferReader(f.read())), table_schema)
+            if info.size is not None and info.size <= WHOLE_FILE_BYTES:
+                with self.store.fs.open_input_stream(info.path) as f:
+                    data = pq.ParquetFile(pa.BufferReader(f.read())).read()
+            else:
+                with self.store.fs.open_input_file(info.path) as f:
+                    data = pq.ParquetFile(f, pre_buffer=True).read()
+            return conform(data, table_schema)
 
         with ThreadPoolExecutor(READAHEAD) as pool:
             return pa.concat_tables(pool.map(read, files))

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -66,6 +67,9 @@ def test_query_counts_the_same_rows_as_the_local_store(stores: tuple[Path, str])
                for place in (local, remote)]
     assert [a.exit_code for a in answers] == [0, 0], answers[1].output
     assert answers[1].stdout == answers[0].stdout and answers[0].stdout.split() == ["n", "9"]
+    out = local.parent / "epochs.parquet"  # --out is a local file, whatever the store
+    written = cli("query", "select * from epochs order by all", "--store", remote, "--format", "parquet", "--out", str(out))
+    assert written.exit_code == 0 and pq.read_table(out).num_rows == 9, written.output
 
 
 @pytest.fixture(params=["whole", "lazy"])

@@ -243,9 +243,16 @@ def query(
     """Ask the store a question in SQL (DuckDB, read-only)."""
     from rethink.storage.query import run_query
 
-    text = run_query(store, sql, fmt, str(out) if out else None, timeout=timeout)
-    if text is not None:
-        typer.echo(text)
+    streamed = fmt in ("csv", "json") and out is None  # rows printed as they come, never held whole
+    try:
+        text = run_query(store, sql, fmt, str(out) if out else None, timeout=timeout,
+                         echo=sys.stdout.write if streamed else None)
+        if text is not None:
+            typer.echo(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `rethink query ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
 
 
 @app.command()

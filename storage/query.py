@@ -18,7 +18,7 @@ import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
@@ -36,10 +36,11 @@ BATCH_ROWS = 65_536  # rows fetched and written at a time
 
 
 def run_query(store: str, sql: str, fmt: str = "table", out: str | None = None,
-              timeout: float | None = None) -> str | None:
+              timeout: float | None = None, echo: Callable[[str], object] | None = None) -> str | None:
     """Run `sql` read-only over the store at `store` (a folder or a store URI). Returns the
     formatted result, or None when it was written to `out` (atomically; never inside a local
-    store). `timeout`: seconds, or None."""
+    store) or handed to `echo` piece by piece as it streams (CSV and JSON to a terminal or a
+    pipe: millions of rows are never held whole). `timeout`: seconds, or None."""
     if fmt not in FORMATS:
         raise QueryError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if fmt == "parquet" and out is None:
@@ -50,11 +51,11 @@ def run_query(store: str, sql: str, fmt: str = "table", out: str | None = None,
     target = _out_path(reader.folder, out) if out is not None else None
     check_read_only(sql)
     with _Watch(timeout) as watch:
-        return reader.run(lambda con: _run_once(con, sql, fmt, target, out, watch), interrupted=watch.check)
+        return reader.run(lambda con: _run_once(con, sql, fmt, target, out, watch, echo), interrupted=watch.check)
 
 
 def _run_once(con: duckdb.DuckDBPyConnection, sql: str, fmt: str, target: Path | None, out: str | None,
-              watch: _Watch) -> str | None:
+              watch: _Watch, echo: Callable[[str], object] | None = None) -> str | None:
     """One attempt: the output's temporary file is opened first (a path that cannot be written
     fails before the query runs), then the query streams into it."""
     opened = atomic.open_atomic(target, f"--out {out}") if target is not None else nullcontext(None)
@@ -79,6 +80,8 @@ def _run_once(con: duckdb.DuckDBPyConnection, sql: str, fmt: str, target: Path |
                 chunks: Iterable[str] = [table_text(batches, visible, shadows, TABLE_ROWS, reader.schema)]
             else:
                 chunks = (csv_chunks if fmt == "csv" else json_chunks)(batches, visible, shadows, names)
+            if f is None and echo is not None:
+                return _stream(chunks, echo)
             if f is None:
                 return "".join(chunks).rstrip("\n")
             with os_errors("write --out", out):
@@ -92,6 +95,35 @@ def _run_once(con: duckdb.DuckDBPyConnection, sql: str, fmt: str, target: Path |
             raise QueryError(str(exc)) from None
         finally:
             watch.con = None
+
+
+def _stream(chunks: Iterable[str], echo: Callable[[str], object]) -> None:
+    """Hand the chunks to `echo` as they come, ending with one newline. The first two are held
+    back: by then the first batch has been read, which is where a file of an older schema fails
+    and the query is run again (reader.py); an error after printing began is not retried (it
+    would print rows twice) but said in one line."""
+    held, printed, last = [], False, ""
+    try:
+        for chunk in chunks:
+            if not printed:
+                held.append(chunk)
+                if len(held) < 2:
+                    continue
+                chunk, held, printed = "".join(held), [], True
+            if chunk:
+                echo(chunk)
+                last = chunk
+    except duckdb.Error as exc:
+        if printed:
+            raise QueryError(f"the result broke off after some rows: {one_line(exc)}") from None
+        raise
+    rest = "".join(held).rstrip("\n") if not printed else ""
+    if rest:
+        echo(rest)
+        last = rest
+    if not last.endswith("\n"):
+        echo("\n")
+    return None
 
 
 def _out_path(store: Path | None, out: str) -> Path:

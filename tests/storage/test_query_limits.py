@@ -119,3 +119,31 @@ def test_out_paths_that_cannot_be_written_are_one_line_each(store: Path, tmp_pat
         line = one_line_error(["query", "select 1", "--store", str(store), "--format", "csv", "--out", out], store)
         assert out in line or label == "a folder", f"{label}: {line}"
     assert (tmp_path / "afile").read_text() == "x" and stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_results_to_stdout_stream_too(store: Path, fmt: str) -> None:
+    """Without --out, CSV and JSON go out batch by batch: the same text as when held whole."""
+    sql = "SELECT i, i * 2 AS j FROM range(250000) t(i)"
+    chunks: list[str] = []
+    tracemalloc.start()
+    try:
+        assert run_query(str(store), sql, fmt=fmt, echo=lambda _: chunks.append(len(_)) or None) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(chunks) > 3 and peak < 25e6, (len(chunks), peak)
+    whole: list[str] = []
+    run_query(str(store), sql, fmt=fmt, echo=whole.append)
+    assert "".join(whole) == run_query(str(store), sql, fmt=fmt) + "\n"
+    small: list[str] = []
+    run_query(str(store), "SELECT 1 AS i WHERE false", fmt=fmt, echo=small.append)
+    assert "".join(small) == run_query(str(store), "SELECT 1 AS i WHERE false", fmt=fmt) + "\n"
+
+
+def test_a_query_piped_into_head_ends_quietly(store: Path) -> None:
+    command = (f"{sys.executable} -m rethink.cli query 'SELECT i FROM range(3000000) t(i)' --format csv "
+               f"--store {store} | head -3")
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["i", "0", "1"]
+    assert result.returncode == 0 and "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr

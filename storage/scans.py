@@ -81,7 +81,8 @@ class Scan:
             return None
         files = self._local_files(glob)
         try:
-            missing = [name for name in table_schema.names if name not in pq.read_schema(first).names]
+            present = set(pq.read_schema(first).names)  # once: a part's footer is large
+            missing = [name for name in table_schema.names if name not in present]
         except (pa.ArrowException, OSError):  # not Parquet: DuckDB names the file when it reads it
             missing = table_schema.names
         if union_by_name is None:

@@ -60,20 +60,22 @@ class _Views:
     versions: set[str] = field(default_factory=set)  # the code versions its runs record
 
 
-# Counted in SQL for every experiment shown, grouped by state (10,000 runs fetched as Python
-# rows cost more than the query); only the failed runs come back one by one.
+# One query for every experiment shown (each reads every epochs file of a store not yet
+# compacted), counted in SQL by state: 10,000 runs fetched as Python rows cost more than the
+# query. Only the failed runs come back one by one.
 _COUNTS = """SELECT experiment, status, count(*), sum(coalesce(epochs_done, 0)), sum(epochs),
        list(run_id ORDER BY run_id) FILTER (WHERE status = 'running'),
        list(run_id ORDER BY run_id) FILTER (WHERE status = 'done' AND coalesce(epoch_rows, 0) < epochs_done),
-       list(DISTINCT coalesce(git_commit, rethink_version)) FILTER (WHERE rethink_version IS NOT NULL)
+       list(DISTINCT coalesce(git_commit, rethink_version)) FILTER (WHERE rethink_version IS NOT NULL),
+       list([run_id, model, corruption, level::VARCHAR, seed::VARCHAR, attempts::VARCHAR, error] ORDER BY run_id)
+           FILTER (WHERE status = 'failed')
 FROM runs WHERE list_contains(?::VARCHAR[], experiment) GROUP BY experiment, status"""
-_FAILED = """SELECT experiment, run_id, model, corruption, level, seed, attempts, error
-FROM runs WHERE list_contains(?::VARCHAR[], experiment) AND status = 'failed' ORDER BY experiment, run_id"""
 
 
 def _read_views(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, _Views]:
     seen = {name: _Views() for name in names}
-    for experiment, state, runs, done, planned, running, lost, versions in db.execute(_COUNTS, [names]).fetchall():
+    for experiment, state, runs, done, planned, running, lost, versions, failed in db.execute(
+            _COUNTS, [names]).fetchall():
         views = seen[experiment]
         views.states[state] = runs
         views.done += done or 0
@@ -82,8 +84,7 @@ def _read_views(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, _V
         views.running += running or []
         views.lost += lost or []
         views.versions.update(versions or [])
-    for experiment, *failure in db.execute(_FAILED, [names]).fetchall():
-        seen[experiment].failed.append(tuple(failure))
+        views.failed += [tuple(row) for row in failed or []]
     return seen
 
 

@@ -38,8 +38,13 @@ def resume(
 ) -> Summary:
     """Finish every run of experiment `name` that is not done, each from its last checkpoint."""
     store = Store.open(store_uri)
-    grid = parse_grid(store.experiment_grid(name), source=f"{name}/grid.yaml")
-    runs = [RunSpec.from_dict(json.loads(row["config"])) for row in store.experiment_rows(name)]
+    text = store.experiment_grid(name)
+    grid = parse_grid(text, source=f"{name}/grid.yaml")
+    rows = store.experiment_rows(name)
+    if not rows:  # the submit that froze the grid died before its run list: complete it from the grid
+        store.save_experiment(name, text, [run_row(name, run) for run in grid.runs])
+        rows = store.experiment_rows(name)
+    runs = [RunSpec.from_dict(json.loads(row["config"])) for row in rows]
     store.clear_cancel(name)
     with store.driver_lease():
         return _compacted(store, name, run_experiment(

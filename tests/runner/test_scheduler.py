@@ -136,3 +136,15 @@ def test_cancel_stops_the_grid_and_resume_finishes_it(ray_local, tmp_path):
     summary = api.resume("cancel-me", str(tmp_path), "unused", quiet=True)
     assert summary.failed == 0 and summary.done + summary.skipped == len(grid.runs)
     assert sql(tmp_path, "select count(*), count(distinct (run_id, epoch)) from epochs") == [(32, 32)]
+
+
+def test_resume_completes_a_freeze_whose_run_list_was_never_written(ray_local, tmp_path):
+    """A submit that died between freezing grid.yaml and writing runs.parquet: resume rebuilds
+    the run list from the frozen grid and trains every run, instead of seeing none."""
+    grid = parse_grid(TINY_GRID.format(name="half-frozen", epochs=1).replace("model: [mlp1x512, mlp3x512]",
+                                                                               "model: mlp1x512"))
+    store = Store.open(tmp_path, create=True)
+    store.write("experiments/name=half-frozen/grid.yaml", grid.text.encode())
+    summary = api.resume("half-frozen", str(tmp_path), "unused", quiet=True)
+    assert (summary.done, summary.failed) == (len(grid.runs), 0) and len(grid.runs) == 6
+    assert sql(tmp_path, "select count(*) from runs where experiment = 'half-frozen' and status = 'done'") == [(6,)]

@@ -5,6 +5,14 @@ from __future__ import annotations
 from rethink.errors import RethinkError
 
 
+class StoreError(RethinkError):
+    """A store that cannot be opened or written as asked."""
+
+
+class DamagedFileError(StoreError):
+    """A file in the store that cannot be read back (truncated or not Parquet)."""
+
+
 class NotAStoreError(RethinkError):
     """The path given as a store holds no rethink store."""
 

@@ -1,53 +1,34 @@
 """A store: the experiments, run status, claims, epoch rows and checkpoints of `layout.py`, on a
-local directory or any pyarrow filesystem URI. Every write is atomic (locally a temporary name, then
-rename; on S3 one PUT); claims and grid freezes are exactly-once (O_EXCL-like link locally, a
-conditional PUT on S3, a driver lease elsewhere); epoch rows are keyed by (run_id, epoch) and the file is rewritten whole, so a rewrite
-replaces rows and never duplicates them."""
+local directory or any pyarrow filesystem URI. Every write is atomic (locally a temporary name,
+then rename; on S3 one PUT); claims and grid freezes are exactly-once (claims.py); epoch rows are
+keyed by (run_id, epoch) and the file is rewritten whole, so a rewrite replaces rows and never
+duplicates them; a compacted run's rows and status are read from its part (parts.py)."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import tempfile
-import threading
-import time
 import uuid
-from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rethink.errors import RethinkError, os_errors
+from rethink.errors import os_errors
 from rethink.storage import schema
+from rethink.storage.claims import Claims, now  # noqa: F401 - now is re-exported
+from rethink.storage.errors import DamagedFileError, StoreError  # noqa: F401 - re-exported: callers import them here
 from rethink.storage.atomic import write_bytes
-from rethink.storage.layout import DRIVER_LEASE, MARKER, ExperimentPaths, RunPaths, attempt_of, epoch_of
+from rethink.storage.layout import MARKER, ExperimentPaths, RunPaths, epoch_of
 
 if TYPE_CHECKING:
     from rethink.storage.objectstore import S3Objects
 
-CLAIM_TIMEOUT_S = float(os.environ.get("RETHINK_CLAIM_TIMEOUT", 600))  # no heartbeat this long: stale
-LEASE_SETTLE_S = 2.0  # a driver lease is read back this long after writing it (no exclusive create)
 
 
-class StoreError(RethinkError):
-    """A store that cannot be opened or written as asked."""
-
-
-class DamagedFileError(StoreError):
-    """A file in the store that cannot be read back (truncated or not Parquet)."""
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class Store:
+class Store(Claims):
     def __init__(self, fs: pafs.FileSystem, root: str, uri: str):
         self.fs, self.root, self.uri = fs, root.rstrip("/"), uri
         self.local = isinstance(fs, pafs.LocalFileSystem)
@@ -236,148 +217,6 @@ class Store:
         """Write the run's whole status row as given, reading nothing (its owner holds it)."""
         self.write_table(RunPaths(run_id).status, [row], schema.STATUS)
 
-    # -- claims: who trains a run ---------------------------------------------------------------
-
-    def claim(self, run_id: str, token: str) -> int | None:
-        """Take the run for this task (identified by `token`). Returns the attempt number, or None
-        when another live owner holds it. A claim is stale when its owner's process is gone (same
-        host), when it carries our own token (Ray retried this task), or after CLAIM_TIMEOUT_S
-        without a heartbeat."""
-        paths = RunPaths(run_id)
-        attempts = [a for a in map(attempt_of, self.listdir(paths.claims)) if a is not None]
-        current = max(attempts, default=0)
-        if current and not self._stale(paths.claim(current), token):
-            return None
-        attempt = current + 1
-        owner = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": now().isoformat()}
-        if not self._create_exclusive(paths.claim(attempt), json.dumps(owner).encode()):
-            return None  # someone else took this attempt number first
-        self._beats[paths.claim(attempt)] = time.monotonic()
-        return attempt
-
-    def owns(self, run_id: str, attempt: int) -> bool:
-        """True while no later attempt has taken the run over; refreshes the heartbeat (called
-        every epoch: on an object store the claim is rewritten at most every CLAIM_TIMEOUT_S/10)."""
-        paths = RunPaths(run_id)
-        later = [a for a in map(attempt_of, self.listdir(paths.claims)) if a is not None and a > attempt]
-        if later:
-            return False
-        self._beat(paths.claim(attempt))
-        return True
-
-    def _beat(self, relative: str) -> None:
-        """Move the claim's mtime, by which others judge it live. Locally a utime; on S3 the
-        claim is rewritten with a `beat` time by a PUT conditional on the version just read, so a
-        release (or any other write) in between is never overwritten; a released or damaged
-        claim is left as it is."""
-        if self.local:
-            os.utime(self.path(relative))
-            return
-        if time.monotonic() - self._beats.get(relative, -float("inf")) < CLAIM_TIMEOUT_S / 10:
-            return
-        self._beats[relative] = time.monotonic()
-        if self.objects is not None:
-            found = self.objects.get(self.path(relative))
-            owner = _owner(found[0]) if found else {}
-            if owner and not owner.get("released"):
-                self.objects.replace(self.path(relative), _beating(owner), etag=found[1])
-            return
-        owner = self._read_claim(relative)  # no conditional put: safe under the one driver's lease
-        if owner and not owner.get("released"):
-            self.write(relative, _beating(owner))
-
-    def release(self, run_id: str, attempt: int) -> None:
-        """Mark the run's claim as given up (done, failed or cancelled), keeping its number."""
-        relative = RunPaths(run_id).claim(attempt)
-        self.write(relative, json.dumps(self._read_claim(relative) | {"released": now().isoformat()}).encode())
-
-    def newest_claim(self, run_id: str) -> tuple[int, dict] | None:
-        """The run's highest attempt and what its claim says ({} when damaged), live or not."""
-        paths = RunPaths(run_id)
-        attempts = [a for a in map(attempt_of, self.listdir(paths.claims)) if a is not None]
-        if not attempts:
-            return None
-        return max(attempts), self._read_claim(paths.claim(max(attempts)))
-
-    def _read_claim(self, relative: str) -> dict:
-        """A claim's content; a damaged one reads as empty (stale: anyone may take the run)."""
-        return _owner(self.read(relative) or b"{}")
-
-    def claim_holder(self, run_id: str) -> dict | None:
-        """The live owner of the run, if any (for waiting on runs another process trains)."""
-        paths = RunPaths(run_id)
-        attempts = [a for a in map(attempt_of, self.listdir(paths.claims)) if a is not None]
-        if not attempts or self._stale(paths.claim(max(attempts)), token=None):
-            return None
-        return self._read_claim(paths.claim(max(attempts)))
-
-    def _stale(self, relative: str, token: str | None) -> bool:
-        owner = self._read_claim(relative)
-        if not owner:  # damaged or empty: nobody can be shown to hold it
-            return True
-        if owner.get("released") or (token is not None and owner.get("token") == token):
-            return True
-        if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", 0))):
-            return True
-        info = self._info(self.path(relative))
-        mtime = info.mtime.timestamp() if info.mtime else 0.0
-        return time.time() - mtime > CLAIM_TIMEOUT_S
-
-    def _create_exclusive(self, relative: str, data: bytes) -> bool:
-        """Create the file with `data` only when it is absent; True for the one caller that did.
-        Whoever loses reads the whole winner's file, never an empty or half one."""
-        full = self.path(relative)
-        if self.local:
-            return _link_exclusive(Path(full), data)
-        if self.objects is not None:
-            return self.objects.create(full, data)
-        if self.exists(relative):  # no exclusive create here: check, then write (see driver_lease)
-            return False
-        self.write(relative, data)
-        return True
-
-    @contextmanager
-    def driver_lease(self) -> Iterator[None]:
-        """One driver at a time on a store kind without exclusive create (gs://, hdfs://, mock://),
-        where two drivers' claims and grid freezes could both succeed: a lease file, read back
-        LEASE_SETTLE_S after writing it (last writer wins), refreshed while the driver runs and
-        deleted at its end; another live driver's lease is refused in one line. Local and S3
-        stores need none (their creates are exclusive): there this does nothing."""
-        if self.exclusive:
-            yield
-            return
-        token = uuid.uuid4().hex
-        owner = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": now().isoformat()}
-        for check in ("before", "after"):
-            held = self._read_claim(DRIVER_LEASE)
-            if held.get("token") != token and not self._stale(DRIVER_LEASE, token=None):
-                kind = self.uri.partition("://")[0] or self.fs.type_name
-                raise StoreError(
-                    f"another driver (host {held.get('host')}, pid {held.get('pid')}, since {held.get('at')}) "
-                    f"is using store '{self.uri}', and {kind}:// stores have no exclusive create, so two "
-                    f"drivers could train a run twice; wait for it to end, or use a local folder or s3:// store")
-            if check == "before":
-                self.write(DRIVER_LEASE, json.dumps(owner).encode())
-                time.sleep(LEASE_SETTLE_S)  # a driver that checked as we did has written by now
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(CLAIM_TIMEOUT_S / 10):
-                try:
-                    self.write(DRIVER_LEASE, _beating(owner))
-                except Exception:  # noqa: BLE001 - retried next beat; stale only after CLAIM_TIMEOUT_S
-                    continue
-
-        beating = threading.Thread(target=beat, name="rethink-driver-lease", daemon=True)
-        beating.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            beating.join()
-            if self._read_claim(DRIVER_LEASE).get("token") == token:
-                self.delete(DRIVER_LEASE)
-
     # -- epochs and checkpoints -----------------------------------------------------------------
 
     def read_epochs(self, run_id: str) -> list[dict]:
@@ -458,58 +297,3 @@ class Store:
 
     def delete_checkpoint(self, run_id: str, epoch: int) -> None:
         self.delete(RunPaths(run_id).checkpoint(epoch))
-
-
-def _owner(blob: bytes) -> dict:
-    """A claim's (or lease's) JSON as a dict; damaged reads as {}."""
-    try:
-        owner = json.loads(blob)
-    except ValueError:
-        return {}
-    return owner if isinstance(owner, dict) else {}
-
-
-def _beating(owner: dict) -> bytes:
-    return json.dumps(owner | {"beat": now().isoformat()}).encode()
-
-
-def _link_exclusive(path: Path, data: bytes) -> bool:
-    """Write `data` to a temporary file beside `path`, then hard-link it to `path`: the link fails
-    when `path` exists, and a reader never sees the file before it is whole (O_EXCL would show it
-    empty). Filesystems without hard links fall back to O_EXCL."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here (some network and FAT filesystems)
-            pass
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

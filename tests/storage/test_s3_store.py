@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from rethink.storage import store as store_module
+from rethink.storage import claims as claims_module
 from rethink.storage.layout import DRIVER_LEASE, ExperimentPaths, RunPaths
 from rethink.storage.store import Store, StoreError
 
@@ -72,7 +72,7 @@ def test_a_beating_s3_claim_stays_live_and_a_silent_one_goes_stale(s3_store, mon
         assert owner.owns("cheap", 1)
     assert owner.objects.get(owner.path(RunPaths("cheap").claim(1)))[1] == etag
 
-    monkeypatch.setattr(store_module, "CLAIM_TIMEOUT_S", 2.0)  # a beat at most every 0.2 s
+    monkeypatch.setattr(claims_module, "CLAIM_TIMEOUT_S", 2.0)  # a beat at most every 0.2 s
     assert owner.claim("r", token="a") == 1
     deadline = time.monotonic() + 4.5  # more than twice the timeout
     while time.monotonic() < deadline:
@@ -198,7 +198,7 @@ def test_the_same_grid_twice_is_fine_and_completes_a_crashed_freeze(any_store):
 # -- (e) a store kind without exclusive create ---------------------------------------------------
 
 def test_a_second_driver_on_a_store_without_exclusive_create_is_refused(monkeypatch):
-    monkeypatch.setattr(store_module, "LEASE_SETTLE_S", 0.05)
+    monkeypatch.setattr(claims_module, "LEASE_SETTLE_S", 0.05)
     first = Store.open("mock://store", create=True)
     assert not first.exclusive and first.objects is None
     second = Store(first.fs, first.root, first.uri)  # another driver on the same filesystem

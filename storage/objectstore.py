@@ -69,6 +69,14 @@ class S3Objects:
         found = self.get(path)
         return found is not None and found[0] == data
 
+    def delete(self, path: str) -> None:
+        """Delete `path` (absent is fine). One DELETE, and nothing in its place: pyarrow's
+        delete_file also checks the parent "folder" and writes an empty marker object for it,
+        requests that compaction would pay once per deleted run file."""
+        bucket, key = _split(path)
+        with _errors("delete", path):
+            self.client.delete_object(Bucket=bucket, Key=key)
+
     def replace(self, path: str, data: bytes, etag: str) -> bool:
         """Overwrite `path` only while it is still the version `etag`: False when anyone wrote it
         since (or deleted it), and then nothing is written."""

@@ -119,6 +119,9 @@ class Store(Claims):
             raise StoreError(f"cannot read {relative} in store '{self.uri}': {' '.join(str(exc).split())}") from None
 
     def delete(self, relative: str) -> None:
+        if self.objects is not None:  # S3: one DELETE, no folder marker left behind
+            self.objects.delete(self.path(relative))
+            return
         try:
             self.fs.delete_file(self.path(relative))
         except FileNotFoundError:

@@ -45,6 +45,6 @@ def test_on_s3_a_compaction_killed_after_any_step_leaves_views_exact(s3_store, s
         compact.compact(store, "exp2")
         assert views(uri) == expected, step
         assert not [n for n in store.listdir("compaction") if n.startswith("lock=")], step
-        # folded: their own files are gone (pyarrow may leave an empty folder marker on S3)
+        # folded: their own files are gone (SeaweedFS, filer-backed, still lists their empty folders)
         assert not [r for r in ("x", "y") if store.exists(f"epochs/run_id={r}/epochs.parquet")], step
         assert not [r for r in ("x", "y") if store.exists(f"runs/run_id={r}/status.parquet")], step

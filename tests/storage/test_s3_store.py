@@ -18,7 +18,10 @@ from rethink.storage import claims as claims_module
 from rethink.storage.layout import DRIVER_LEASE, ExperimentPaths, RunPaths
 from rethink.storage.store import Store, StoreError
 
-FORK = multiprocessing.get_context("fork")  # children inherit the imports and the S3 keys in os.environ
+# Fresh interpreters, not forks: by the time these tests run, the session may have started Ray,
+# whose threads a forked child inherits half-held (it crashed with SIGSEGV in CI). Children get
+# the S3 keys through os.environ and import this module by name.
+FORK = multiprocessing.get_context("spawn")
 
 
 def _bucket_and_prefix(uri: str) -> tuple[str, str]:

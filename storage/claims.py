@@ -79,7 +79,7 @@ class Claims:
         self._beats[relative] = time.monotonic()
         if self.objects is not None:
             found = self.objects.get(self.path(relative))
-            owner = _owner(found[0]) if found else {}
+            owner = parse_owner(found[0]) if found else {}
             if owner and not owner.get("released"):
                 self.objects.replace(self.path(relative), _beating(owner), etag=found[1])
             return
@@ -102,7 +102,7 @@ class Claims:
 
     def _read_claim(self, relative: str) -> dict:
         """A claim's content; a damaged one reads as empty (stale: anyone may take the run)."""
-        return _owner(self.read(relative) or b"{}")
+        return parse_owner(self.read(relative) or b"{}")
 
     def claim_holder(self, run_id: str) -> dict | None:
         """The live owner of the run, if any (for waiting on runs another process trains)."""
@@ -118,7 +118,7 @@ class Claims:
             return True
         if owner.get("released") or (token is not None and owner.get("token") == token):
             return True
-        if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", 0))):
+        if gone_from_here(owner):
             return True
         info = self._info(self.path(relative))
         mtime = info.mtime.timestamp() if info.mtime else 0.0
@@ -180,7 +180,7 @@ class Claims:
                 self.delete(DRIVER_LEASE)
 
 
-def _owner(blob: bytes) -> dict:
+def parse_owner(blob: bytes) -> dict:
     """A claim's (or lease's) JSON as a dict; damaged reads as {}."""
     try:
         owner = json.loads(blob)
@@ -223,13 +223,18 @@ def _link_exclusive(path: Path, data: bytes) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
+def gone_from_here(owner: dict) -> bool:
+    """True when the owner (of a claim, lease or lock) ran on this host and its process is gone;
+    a pid that is not a positive number counts as gone."""
+    if owner.get("host") != socket.gethostname():
         return False
     try:
+        pid = int(owner.get("pid", 0))
+        if pid <= 0:
+            return True
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    except (ProcessLookupError, ValueError, TypeError, OverflowError):
         return True
-    return True
+    except PermissionError:
+        return False
+    return False

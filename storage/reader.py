@@ -50,22 +50,23 @@ class Reader:
         text = os.fspath(uri)
         return cls(Store.open(text if "://" in text else os.path.expanduser(text)))
 
-    def connect(self, union_by_name: bool | None = None) -> duckdb.DuckDBPyConnection:
+    def connect(self, union_by_name: bool | None = None, summaries: bool = True) -> duckdb.DuckDBPyConnection:
         """A locked in-memory connection with the views (see `connect`)."""
-        return connect(self.store, union_by_name)
+        return connect(self.store, union_by_name, summaries)
 
     def run(self, work: Callable[[duckdb.DuckDBPyConnection], T],
-            interrupted: Callable[[], None] | None = None) -> T:
+            interrupted: Callable[[], None] | None = None, summaries: bool = True) -> T:
         """`work` on a fresh locked connection, closed after. A file lacking a column that the
         first file has (an older rethink wrote it) fails the fast read: then once more with
         every file's schema read (`union_by_name`). DuckDB's errors become one line: reaching
         outside the store a ReadOnlyError, any other a QueryError; `interrupted` is called first,
-        to raise its own error when an interrupt caused DuckDB's."""
+        to raise its own error when an interrupt caused DuckDB's. `summaries=False`: only `epochs` and
+        `runs`, for work that reads nothing else (status: 15 ms less)."""
         for union_by_name in (None, True):
             con = None
             try:
                 try:
-                    con = self.connect(union_by_name)
+                    con = self.connect(union_by_name, summaries)
                 except (OSError, pa.ArrowException) as exc:  # the store could not be listed or read
                     raise QueryError(f"cannot read store '{self.store.uri}': {one_line(exc)}") from None
                 return work(con)
@@ -83,8 +84,8 @@ class Reader:
         raise AssertionError("unreachable")
 
 
-def connect(store: Store | str, union_by_name: bool | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the views `epochs`, `runs` and the summaries over
+def connect(store: Store | str, union_by_name: bool | None = None, summaries: bool = True) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views `epochs`, `runs` and (`summaries`) the summaries over
     `store` (a Store, a store URI, or a local folder, read as is), locked so that it reads the
     store's rows and nothing else. `union_by_name`: how a local store's per-run files are stitched
     together (scans.Scan._local); a remote store's read every file by the declared schema."""
@@ -97,7 +98,7 @@ def connect(store: Store | str, union_by_name: bool | None = None) -> duckdb.Duc
         epochs = scan.table(con, parts.sources(store, "epochs"), schema.EPOCHS, union_by_name)
         config = scan.table(con, [parts.Source(layout.EXPERIMENT_RUNS_GLOB)], schema.EXPERIMENT_RUNS, True)
         status = scan.table(con, parts.sources(store, "status"), schema.STATUS, union_by_name)
-        views.create_views(con, epochs=epochs, config=config, status=status)
+        views.create_views(con, epochs=epochs, config=config, status=status, summaries=summaries)
         lock(con, folder)
     except BaseException:
         con.close()

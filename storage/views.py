@@ -98,9 +98,10 @@ def connect(root: str, union_by_name: bool | None = None) -> duckdb.DuckDBPyConn
     return reader_connect(root, union_by_name)
 
 
-def create_views(con: duckdb.DuckDBPyConnection, epochs: str, config: str, status: str) -> None:
-    """Create `epochs`, `runs` and the summaries on `con`, given the SELECT of each table's rows
-    (scans.Scan.table): the same SQL for every kind of store, only the sources differ.
+def create_views(con: duckdb.DuckDBPyConnection, epochs: str, config: str, status: str,
+                 summaries: bool = True) -> None:
+    """Create `epochs`, `runs` and (`summaries`) the summaries on `con`, given the SELECT of each
+    table's rows (scans.Scan.table): the same SQL for every kind of store, only the sources differ.
 
     DuckDB binds a view when it is created, and binding `epochs` or `runs` lists all their files
     (0.15 s each at 10,000 runs). So the views built on them are created over empty stand-ins
@@ -109,7 +110,8 @@ def create_views(con: duckdb.DuckDBPyConnection, epochs: str, config: str, statu
     connect again to see experiments submitted since."""
     con.execute(f"CREATE VIEW epochs AS {empty(schema.EPOCHS)}")
     con.execute(RUNS_SQL.format(config=empty(schema.EXPERIMENT_RUNS), status=empty(schema.STATUS), **_fit_sql([])))
-    create_summaries(con)  # memorization, fit_time, gaps, probes: storage/summaries.py
+    if summaries:  # memorization, fit_time, gaps, probes: storage/summaries.py
+        create_summaries(con)
     con.execute(f"CREATE OR REPLACE VIEW epochs AS {epochs}")
     thresholds = [row[0] for row in con.execute(
         f"SELECT DISTINCT coalesce(fit_threshold, {DEFAULT_FIT_THRESHOLD}) FROM ({config}) ORDER BY 1").fetchall()]

@@ -17,7 +17,7 @@ import json
 import os
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from rethink.storage.store import Store
 
 Table = Literal["epochs", "status"]
+# A remote store's files under a folder (recursive, files only), as scans.Scan.files lists them.
+Listing = Callable[[str], "list[pafs.FileInfo]"]
 RUNS_KEY = b"rethink.runs"  # footer key: JSON {run_id: rows} of the runs a part holds
 
 
@@ -53,16 +55,18 @@ class Part:
     runs: dict[str, int]
 
 
-def sources(store: Store, table: Table) -> list[Source]:
+def sources(store: Store, table: Table, files: Listing | None = None) -> list[Source]:
     """The sources of `table` ("epochs" or "status") in the store: the parts oldest first, then the
     per-run files (newest last: a later source wins over an earlier one for a run both hold).
     Costs one listing of the table's folder, one footer per part not seen before on this Store,
-    and a stat per run that a part holds and that also has a per-run folder."""
-    found = list_parts(store, table)
+    and a stat per run that a part holds and that also has a per-run folder (locally). `files`:
+    a remote store's recursive listing that the caller reads the files from too (scans.Scan.files),
+    so that one LIST serves both, and both see the same files."""
+    found = list_parts(store, table, files)
     if not found:
         return [Source(layout.run_glob(table))]
     held = set().union(*(part.runs for part in found))
-    newer = per_run_ids(store, table, held)
+    newer = per_run_ids(store, table, held, files)
     out = []
     for part in reversed(found):
         out.append(Source(layout.part_glob(table, part.gen), frozenset(newer.intersection(part.runs))))
@@ -70,11 +74,11 @@ def sources(store: Store, table: Table) -> list[Source]:
     return [*reversed(out), Source(layout.run_glob(table))]
 
 
-def list_parts(store: Store, table: Table) -> list[Part]:
+def list_parts(store: Store, table: Table, files: Listing | None = None) -> list[Part]:
     """The table's parts in the store now, oldest GEN first (footers cached per Store)."""
     cache = _cache(store)["footers"]
     found = []
-    for gen in sorted(g for g in _entries(store, table, layout.PART_PREFIX) if layout.GEN_PATTERN.fullmatch(g)):
+    for gen in sorted(g for g in _entries(store, table, layout.PART_PREFIX, files) if layout.GEN_PATTERN.fullmatch(g)):
         path = layout.part_path(table, gen)
         if path not in cache:
             runs = read_footer(store, path)
@@ -101,8 +105,8 @@ def read_footer(store: Store, path: str) -> dict[str, int] | None:
     return {str(k): int(v) for k, v in runs.items()} if isinstance(runs, dict) else None
 
 
-def per_run_ids(store: Store, table: Table, candidates: set[str]) -> set[str]:
-    """Which of `candidates` have a per-run file of `table` now."""
+def per_run_ids(store: Store, table: Table, candidates: set[str], files: Listing | None = None) -> set[str]:
+    """Which of `candidates` have a per-run file of `table` now (remote: in `files`, when given)."""
     if not candidates:
         return set()
     folder, name = layout.TABLE_FILES[table]
@@ -110,14 +114,10 @@ def per_run_ids(store: Store, table: Table, candidates: set[str]) -> set[str]:
         listed = _entries(store, table, layout.RUN_PREFIX) & candidates
         return {run_id for run_id in listed
                 if os.path.isfile(store.path(f"{folder}/{layout.RUN_PREFIX}{run_id}/{name}"))}
-    selector = pafs.FileSelector(store.path(folder), allow_not_found=True, recursive=True)
-    prefix = store.path(f"{folder}/{layout.RUN_PREFIX}")
     found = set()
-    for info in store.fs.get_file_info(selector):
-        if info.type == pafs.FileType.File and info.path.startswith(prefix) and info.path.endswith(f"/{name}"):
-            run_id = info.path[len(prefix):-len(name) - 1]
-            if "/" not in run_id:
-                found.add(run_id)
+    for entry, file_name in _remote_files(store, folder, files):
+        if file_name == name and entry.startswith(layout.RUN_PREFIX):
+            found.add(entry[len(layout.RUN_PREFIX):])
     return found & candidates
 
 
@@ -190,17 +190,33 @@ def read_marker(store: Store) -> str | None:
     return gen if isinstance(gen, str) else None
 
 
-def _entries(store: Store, table: Table, prefix: str) -> set[str]:
-    """The suffixes of the table folder's entries named `prefix` + suffix (GENs or run ids)."""
+def _entries(store: Store, table: Table, prefix: str, files: Listing | None = None) -> set[str]:
+    """The suffixes of the table folder's entries named `prefix` + suffix (GENs or run ids);
+    remote with `files`: the entries that hold a file."""
     folder = layout.TABLE_FILES[table][0]
     if store.local:
         try:
             names = [entry.name for entry in os.scandir(store.path(folder))]
         except (FileNotFoundError, NotADirectoryError):
             return set()
+    elif files is not None:
+        names = [entry for entry, _ in _remote_files(store, folder, files)]
     else:
         names = store.listdir(folder)
     return {name[len(prefix):] for name in names if name.startswith(prefix)}
+
+
+def _remote_files(store: Store, folder: str, files: Listing | None) -> list[tuple[str, str]]:
+    """(entry, file name) of each file two levels under a remote store's `folder`
+    (`<folder>/<entry>/<file>`), from `files` or from one recursive listing."""
+    if files is None:
+        selector = pafs.FileSelector(store.path(folder), allow_not_found=True, recursive=True)
+        infos = [i for i in store.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+    else:
+        infos = files(folder)
+    base = store.path(folder) + "/"
+    pairs = (info.path[len(base):].split("/") for info in infos if info.path.startswith(base))
+    return [(p[0], p[1]) for p in pairs if len(p) == 2]
 
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

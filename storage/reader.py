@@ -95,9 +95,10 @@ def connect(store: Store | str, union_by_name: bool | None = None, summaries: bo
     con = duckdb.connect(":memory:")
     try:
         scan = Scan(store, folder)
-        epochs = scan.table(con, parts.sources(store, "epochs"), schema.EPOCHS, union_by_name)
+        files = None if store.local else scan.files  # remote: one LIST per folder serves both
+        epochs = scan.table(con, parts.sources(store, "epochs", files), schema.EPOCHS, union_by_name)
         config = scan.table(con, [parts.Source(layout.EXPERIMENT_RUNS_GLOB)], schema.EXPERIMENT_RUNS, True)
-        status = scan.table(con, parts.sources(store, "status"), schema.STATUS, union_by_name)
+        status = scan.table(con, parts.sources(store, "status", files), schema.STATUS, union_by_name)
         views.create_views(con, epochs=epochs, config=config, status=status, summaries=summaries)
         lock(con, folder)
     except BaseException:

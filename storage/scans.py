@@ -125,7 +125,7 @@ class Scan:
         folder, entry, name = split(glob)
         base = self.store.path(folder) + "/"
         files = []
-        for info in self._listing(folder):
+        for info in self.files(folder):
             parts = info.path[len(base):].split("/")
             if len(parts) == 2 and parts[1] == name and matches(entry, parts[0]):
                 files.append(info)
@@ -161,8 +161,9 @@ class Scan:
         with ThreadPoolExecutor(READAHEAD) as pool:
             return pa.concat_tables(pool.map(read, files))
 
-    def _listing(self, folder: str) -> list[pafs.FileInfo]:
-        """The files under `folder` of the store, sorted by path; one listing per folder."""
+    def files(self, folder: str) -> list[pafs.FileInfo]:
+        """The files under `folder` of a remote store, sorted by path; one listing per folder and
+        connection, shared with parts.sources (reader.connect)."""
         if folder not in self._listed:
             selector = pafs.FileSelector(self.store.path(folder), recursive=True, allow_not_found=True)
             infos = self.store.fs.get_file_info(selector)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TaskProgressColumn, TextColumn
@@ -18,7 +19,9 @@ from rich.progress import Progress as RichProgress
 from rethink.states import RunState
 from rethink.tasks.spec import RunSpec
 
-REFRESH_S = 2.0  # how often the status of running runs is read back from the store
+REFRESH_S = 2.0  # how often the status of running runs is read back from the store, at most
+REFRESH_SHARE = 0.1  # and no more often than keeps the reading to this share of the driver's time
+READERS = 16  # status files read at once from a remote store (a GET each)
 SUMMARY_EVERY_S = 60.0  # --quiet: a summary line this often, for cluster logs
 SHOWN_RUNS = 8  # per-run lines at most; the rest are counted
 
@@ -42,6 +45,7 @@ class Progress:
         self.carried: dict[str, int] = {}  # epochs a run to resume already has, until it runs again
         self.running: dict[str, dict] = {}  # run_id -> its status as last read
         self.last_refresh = 0.0
+        self.refresh_every = REFRESH_S  # grows when reading back takes long (many runs on S3)
         self.started = self.last_summary = time.monotonic()
         self.rate_from: tuple[float, int] | None = None  # (time, epochs) when training was first seen
         self.bar = RichProgress(
@@ -107,18 +111,25 @@ class Progress:
                   f"{self._timing()}", file=sys.stderr, flush=True)
 
     def refresh(self, store, in_flight: list[RunSpec]) -> None:
-        """Read back the status of the runs in flight (one small file each, every REFRESH_S).
-        With --quiet it is read only for the minute summary: the driver leaves the CPUs to the
-        tasks."""
+        """Read back the status of the runs in flight (one small file each), every REFRESH_S or
+        less often: the driver schedules tasks between reads, so a read-back that takes long
+        (hundreds of runs on S3, a GET each) is spaced out to REFRESH_SHARE of its time. A remote
+        store's files are read READERS at a time. With --quiet it is read only for the minute
+        summary: the driver leaves the CPUs to the tasks."""
         now = time.monotonic()
-        if now - self.last_refresh < REFRESH_S or (self.quiet and now - self.last_summary < SUMMARY_EVERY_S):
+        if now - self.last_refresh < self.refresh_every or (self.quiet and now - self.last_summary < SUMMARY_EVERY_S):
             return
-        self.last_refresh = now
-        running = {}
-        for run in in_flight:
-            status = store.read_status(run.run_id) or {}
-            if status.get("status") == RunState.RUNNING:
-                running[run.run_id] = status
+        ids = [run.run_id for run in in_flight]
+        if store.local or len(ids) < 2:
+            statuses = [store.read_status(run_id) for run_id in ids]
+        else:
+            with ThreadPoolExecutor(min(READERS, len(ids))) as pool:
+                statuses = list(pool.map(store.read_status, ids))
+        took = time.monotonic() - now
+        self.last_refresh = time.monotonic()
+        self.refresh_every = max(REFRESH_S, took / REFRESH_SHARE)
+        running = {run_id: status for run_id, status in zip(ids, statuses)
+                   if (status or {}).get("status") == RunState.RUNNING}
         self.running = running
         for run_id in running:
             self.carried.pop(run_id, None)  # its status now says where it restarted from

@@ -26,6 +26,11 @@ from .conftest import TINY_GRID
 GRID = parse_grid(TINY_GRID.format(name="prog", epochs=4))
 
 
+def read_back_every_call(monkeypatch) -> None:
+    monkeypatch.setattr(progress_module, "REFRESH_S", 0.0)
+    monkeypatch.setattr(progress_module, "REFRESH_SHARE", float("inf"))  # no spacing by read time
+
+
 def running_status(store: Store, run_id: str, **fields: object) -> None:
     store.put_status(run_id, {"run_id": run_id, "status": "running", "attempts": 1, **fields})
 
@@ -35,7 +40,7 @@ def line_states(bar: Progress) -> dict[str, tuple[str, float, float]]:
 
 
 def test_a_line_per_running_run_with_its_epoch_accuracies_and_phase(tmp_path, monkeypatch):
-    monkeypatch.setattr(progress_module, "REFRESH_S", 0.0)
+    read_back_every_call(monkeypatch)
     store = Store.open(tmp_path, create=True)
     a, b, c = GRID.runs[:3]
     running_status(store, a.run_id, epochs_done=3, phase="probing", train_acc=0.5, test_acc=0.125)
@@ -56,7 +61,7 @@ def test_a_line_per_running_run_with_its_epoch_accuracies_and_phase(tmp_path, mo
 
 
 def test_at_most_a_few_run_lines_and_the_rest_are_counted(tmp_path, monkeypatch):
-    monkeypatch.setattr(progress_module, "REFRESH_S", 0.0)
+    read_back_every_call(monkeypatch)
     monkeypatch.setattr(progress_module, "SHOWN_RUNS", 2)
     store = Store.open(tmp_path, create=True)
     for run in GRID.runs[:5]:
@@ -67,8 +72,41 @@ def test_at_most_a_few_run_lines_and_the_rest_are_counted(tmp_path, monkeypatch)
     assert len(run_lines) == 2 and run_lines[-1].endswith("(+3 more running)")
 
 
-def test_eta_comes_from_epochs_trained_in_this_command(tmp_path, monkeypatch):
+class SlowRemoteStore:
+    """A real store whose status reads take as long as a GET to a far S3 (local=False: read in
+    parallel), counting them."""
+
+    local = False
+
+    def __init__(self, store: Store, seconds: float):
+        self.store, self.seconds, self.reads = store, seconds, 0
+
+    def read_status(self, run_id: str) -> dict | None:
+        self.reads += 1
+        time.sleep(self.seconds)
+        return self.store.read_status(run_id)
+
+
+def test_a_slow_read_back_is_read_in_parallel_and_spaced_out(tmp_path, monkeypatch):
     monkeypatch.setattr(progress_module, "REFRESH_S", 0.0)
+    runs = GRID.runs[:8]
+    store = Store.open(tmp_path, create=True)
+    for run in runs:
+        running_status(store, run.run_id, epochs_done=2, phase="training")
+    slow = SlowRemoteStore(store, 0.2)
+    bar = Progress("prog", total=len(GRID.runs), epochs=4 * len(GRID.runs), quiet=False)
+    t0 = time.monotonic()
+    bar.refresh(slow, runs)
+    took = time.monotonic() - t0
+    assert slow.reads == 8 and took < 8 * 0.2 / 2, took  # side by side, not one after another
+    assert bar.epochs_done() == 16 and len(bar.running) == 8
+    assert bar.refresh_every >= took / progress_module.REFRESH_SHARE * 0.9
+    bar.refresh(slow, runs)  # at once again: too soon for a read-back that slow
+    assert slow.reads == 8
+
+
+def test_eta_comes_from_epochs_trained_in_this_command(tmp_path, monkeypatch):
+    read_back_every_call(monkeypatch)
     store = Store.open(tmp_path, create=True)
     run = GRID.runs[0]
     bar = Progress("prog", total=1, epochs=10, quiet=False)

@@ -1,10 +1,11 @@
-"""pyarrow without numpy, for `rethink status`.
+"""pyarrow without numpy, for `rethink status` and `rethink query`.
 
 pyarrow (18 and later) imports numpy whenever it is installed, though it needs numpy only to
 convert to and from numpy arrays (its `lib.pyx`: `try: import numpy ... except ImportError:
 np = None`, a path pyarrow supports and tests). `rethink status` lists files, reads Parquet
-footers and asks DuckDB: no arrays. numpy's import was 0.07 s of the 0.49 s that `rethink status`
-took over 10,000 runs (bench/store_scale.py), paid at every call of the command researchers poll."""
+footers and asks DuckDB; `rethink query` writes DuckDB's rows as text or Parquet: no arrays.
+numpy's import was 0.07 s of the 0.49 s that `rethink status` took over 10,000 runs
+(bench/store_scale.py), paid at every call of the command researchers poll."""
 
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from typing import IO, Any, Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rethink.storage.errors import QueryError
@@ -114,6 +113,8 @@ def _values(column: pa.Array, text: pa.Array | None) -> list:
 
 
 def _arrow_text(column: pa.Array) -> list:
+    import pyarrow.compute as pc  # here only: it imports numpy, which `rethink query` otherwise never loads
+
     try:
         return pc.cast(column, pa.string()).to_pylist()
     except (pa.ArrowException, ValueError, TypeError):

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from rethink.runner import progress as progress_module
 from rethink.runner.grid import parse_grid

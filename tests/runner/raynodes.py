@@ -67,9 +67,10 @@ def stop_session(proc: subprocess.Popen) -> None:
 
 
 def path_without_venv() -> str:
-    """This PATH less the venv's bin: what a head started as `/venv/bin/ray start` has."""
+    """This PATH less the venv's bin, and less any other folder with a `rethink` in it (a
+    developer's activated venv): what a head started as `/venv/bin/ray start` has."""
     return os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
-                           if p and Path(p).resolve() != BIN.resolve())
+                           if p and Path(p).resolve() != BIN.resolve() and not Path(p, "rethink").exists())
 
 
 def node_env(token: str, **extra: str) -> dict[str, str]:

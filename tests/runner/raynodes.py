@@ -103,6 +103,15 @@ class Node:
                 pass
         return None
 
+    def freeze(self) -> None:
+        """SIGSTOP every process of the node, as a machine that hangs: none trains another epoch
+        or writes another row (a worker whose raylet is gone can go on training for a while)."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+
     def stop(self) -> None:
         stop_session(self.proc)
 

@@ -189,9 +189,11 @@ def test_losing_a_worker_node_mid_grid_still_finishes_every_run_once(nodes, s3_s
         victim = wait_for_a_run_mid_way_on(victim_node, s3_store, grid, driver)
         raylet = victim_node.raylet_pid()
         assert raylet is not None, victim_node.pids()
+        victim_node.freeze()  # the machine hangs first: its run cannot finish there any more
+        left = Store.open(s3_store).read_status(victim) or {}
+        assert left.get("status") == "running", left  # so it must be trained again elsewhere
         os.kill(raylet, signal.SIGKILL)
-        time.sleep(2)  # as a lost machine: the rest of the node goes too
-        victim_node.stop()
+        victim_node.stop()  # then it is lost, and everything on it
     except BaseException:
         os.killpg(driver.pid, signal.SIGKILL)
         raise

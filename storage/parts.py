@@ -206,14 +206,18 @@ def _entries(store: Store, table: Table, prefix: str, files: Listing | None = No
     return {name[len(prefix):] for name in names if name.startswith(prefix)}
 
 
+def list_files(store: Store, folder: str) -> list[pafs.FileInfo]:
+    """The files under `folder` of the store (recursive), sorted by path: one listing (a LIST
+    request per 1,000 keys on S3, never a HEAD per file)."""
+    selector = pafs.FileSelector(store.path(folder), allow_not_found=True, recursive=True)
+    infos = store.fs.get_file_info(selector)
+    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+
 def _remote_files(store: Store, folder: str, files: Listing | None) -> list[tuple[str, str]]:
     """(entry, file name) of each file two levels under a remote store's `folder`
-    (`<folder>/<entry>/<file>`), from `files` or from one recursive listing."""
-    if files is None:
-        selector = pafs.FileSelector(store.path(folder), allow_not_found=True, recursive=True)
-        infos = [i for i in store.fs.get_file_info(selector) if i.type == pafs.FileType.File]
-    else:
-        infos = files(folder)
+    (`<folder>/<entry>/<file>`), from `files` or from one listing of its own."""
+    infos = list_files(store, folder) if files is None else files(folder)
     base = store.path(folder) + "/"
     pairs = (info.path[len(base):].split("/") for info in infos if info.path.startswith(base))
     return [(p[0], p[1]) for p in pairs if len(p) == 2]

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rethink.storage.parts import Source
+from rethink.storage.parts import Source, list_files
 from rethink.storage.store import Store
 
 GLOB_CHARS = "[]*?"
@@ -165,9 +165,7 @@ class Scan:
         """The files under `folder` of a remote store, sorted by path; one listing per folder and
         connection, shared with parts.sources (reader.connect)."""
         if folder not in self._listed:
-            selector = pafs.FileSelector(self.store.path(folder), recursive=True, allow_not_found=True)
-            infos = self.store.fs.get_file_info(selector)
-            self._listed[folder] = sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+            self._listed[folder] = list_files(self.store, folder)
         return self._listed[folder]
 
 

@@ -50,8 +50,12 @@ _REASONS = {
 def path_error(exc: OSError, doing: str, path: object) -> PathError:
     """An OSError met while `doing` something to `path` (e.g. "write", "create the store"),
     as one sentence that names the path, the cause and what to do."""
-    reason = _REASONS.get(exc.errno or 0) or " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
-    return PathError(f"cannot {doing} {path}: {reason}; choose another path")
+    return PathError(f"cannot {doing} {path}: {os_reason(exc)}; choose another path")
+
+
+def os_reason(exc: OSError) -> str:
+    """What an OSError means, as the end of a sentence ("the filesystem is read-only")."""
+    return _REASONS.get(exc.errno or 0) or " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
 
 
 @contextmanager

@@ -28,6 +28,13 @@ class PathError(RethinkError):
     """A file or folder the user named that cannot be read or written there."""
 
 
+class UsageError(RethinkError):
+    """A function of the Python API called with a value of the wrong kind (the CLI's own usage
+    errors are click's): refused before anything is read or written."""
+
+    exit_code = 2
+
+
 # What each OS error means for a path the user gave, as the end of a sentence.
 _REASONS = {
     errno.EACCES: "permission denied",
@@ -56,6 +63,13 @@ def path_error(exc: OSError, doing: str, path: object) -> PathError:
 def os_reason(exc: OSError) -> str:
     """What an OSError means, as the end of a sentence ("the filesystem is read-only")."""
     return _REASONS.get(exc.errno or 0) or " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
+
+
+def os_error(exc: OSError) -> PathError:
+    """An OSError that no caller worded (the CLI's last safety net), as one sentence."""
+    if exc.filename is not None:
+        return path_error(exc, "use", exc.filename)
+    return PathError(f"the operating system refused an operation: {os_reason(exc)}")
 
 
 @contextmanager

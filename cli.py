@@ -1,5 +1,7 @@
 """The `rethink` command: thin Typer commands that parse, call one library function, and print.
-Every RethinkError and usage error becomes one line `Error: ...` and a non-zero exit."""
+Every RethinkError, usage error and stray OSError becomes one line `Error: ...` and a non-zero
+exit; every write to stdout goes through rethink/streams.py, so an output that cannot be written
+is one of those lines too."""
 
 from __future__ import annotations
 
@@ -16,20 +18,24 @@ try:  # recent typer vendors its own click; older ones use click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as clickx
 
-from rethink.errors import RethinkError
+from rethink import streams
+from rethink.errors import RethinkError, os_error
+from rethink.text import one_line
 
 
 class _OneLineErrors(TyperGroup):
     """Runs a command and turns every expected failure into one line on stderr."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        streams.guard_stdout()
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
-            if isinstance(result, int) and not isinstance(result, bool) and result:
-                sys.exit(result)  # click hands back a typer.Exit's code instead of raising it
-            return result
-        except typer.Exit as exc:
-            sys.exit(exc.exit_code)
+            try:
+                result = super().main(*args, standalone_mode=False, **kwargs)
+            except typer.Exit as exc:
+                result = exc.exit_code
+            streams.flush()  # a full or closed stdout is said here at the latest, not by Python at exit
+        except streams.ReaderGone:  # `rethink query ... | head`: the reader has what it wanted
+            result = 0
         except clickx.UsageError as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # typer has printed the help already
                 sys.exit(2)
@@ -40,12 +46,29 @@ class _OneLineErrors(TyperGroup):
             _die(str(exc), exc.exit_code)
         except (KeyboardInterrupt, typer.Abort):
             _die("interrupted", 130)
+        except OSError as exc:  # the safety net: an OS error that no layer below worded
+            _die(str(os_error(exc)), 1)
+        if isinstance(result, int) and not isinstance(result, bool) and result:
+            sys.exit(result)  # click hands back a typer.Exit's code instead of raising it
+        return result
 
 
 def _die(message: str, code: int) -> None:
-    first_line = " ".join(message.split())
-    typer.echo(f"Error: {first_line}", err=True)
+    """One line on stderr, shown as text (a store's error may hold terminal control), and exit."""
+    streams.flush_quietly()  # what was printed goes out first; a stdout failing now is the lesser news
+    try:
+        typer.echo(f"Error: {one_line(message)}", err=True)
+    except OSError:
+        pass  # stderr cannot take it either (full): the exit code says it
     sys.exit(code)
+
+
+def _home(value: Any) -> Any:
+    """A leading `~` is the home folder for every path option and argument, also after `=`
+    where the shell leaves it (`--store=~/runs`); a URI is left as it is."""
+    if isinstance(value, (str, Path)) and str(value).startswith("~"):
+        return type(value)(os.path.expanduser(value))
+    return value
 
 
 app = typer.Typer(
@@ -66,7 +89,7 @@ def _default_data_dir() -> Path:
     return Path(os.environ.get("RETHINK_DATA") or Path.home() / ".cache" / "rethink" / "data")
 
 
-DataDir = Annotated[Path | None, typer.Option(help="Dataset folder (Parquet or torchvision layout); default $RETHINK_DATA or ~/.cache/rethink/data.", show_default=False)]
+DataDir = Annotated[Path | None, typer.Option(help="Dataset folder (Parquet or torchvision layout); default $RETHINK_DATA or ~/.cache/rethink/data.", show_default=False, callback=_home)]
 
 
 @app.command()
@@ -89,7 +112,7 @@ def train(
     width: float = 1.0,
     init_scale: float = 1.0,
     fit_threshold: float = 0.99,
-    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint file: resumed from if present, written at the run's checkpoint cadence and at its end")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint file: resumed from if present, written at the run's checkpoint cadence and at its end", callback=_home)] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N; default cuda when available")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per epoch on stdout instead of the table")] = False,
     data_dir: DataDir = None,
@@ -118,7 +141,7 @@ def _experiment(name: str | None) -> str | None:
 
 
 NameArg = Annotated[str, typer.Argument(help="Experiment name.", callback=_experiment)]
-StoreOpt = Annotated[str, typer.Option("--store", help="Store folder or pyarrow filesystem URI.")]
+StoreOpt = Annotated[str, typer.Option("--store", help="Store folder or pyarrow filesystem URI.", callback=_home)]
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (default $RAY_ADDRESS, else an embedded local one).")]
 ClusterOpt = Annotated[str | None, typer.Option(help="Ray Jobs address of a remote cluster, e.g. http://HEAD:8265 (token: $RAY_AUTH_TOKEN).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")]
@@ -127,17 +150,18 @@ DEFAULT_STORE = "./rethink-store"
 
 
 def _print_summary(name: str, summary) -> None:
+    name = one_line(name)
     line = f"{name}: {summary.done} done, {summary.failed} failed, {summary.skipped} already done"
     typer.echo(line + (" — cancelled; `rethink resume " + name + "` finishes it" if summary.cancelled else ""))
     for note in summary.notes:
-        typer.echo(f"note: {note}", err=True)
-    for run_id, error in summary.errors.items():
-        typer.echo(f"failed {run_id}: {error}", err=True)
+        typer.echo(f"note: {one_line(note)}", err=True)
+    for run_id, error in summary.errors.items():  # both read back from the store: shown as text
+        typer.echo(f"failed {one_line(run_id)}: {one_line(error)}", err=True)
 
 
 @app.command()
 def submit(
-    grid_file: Annotated[Path, typer.Argument(help="Grid YAML file.", metavar="GRID.yaml")],
+    grid_file: Annotated[Path, typer.Argument(help="Grid YAML file.", metavar="GRID.yaml", callback=_home)],
     store: StoreOpt = DEFAULT_STORE,
     data_dir: DataDir = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and exit.")] = False,
@@ -240,7 +264,7 @@ def query(
     sql: Annotated[str, typer.Argument(help="A read-only SQL query over the views runs and epochs.")],
     store: StoreOpt = DEFAULT_STORE,
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json (one array of row objects) | parquet (needs --out). With --out, rows stream to the file as DuckDB makes them.")] = "table",
-    out: Annotated[Path | None, typer.Option(help="Write the result to this regular file (atomically) instead of stdout.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the result to this regular file (atomically) instead of stdout.", callback=_home)] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop the query after this many seconds (default: no limit; Ctrl-C stops it too).", show_default=False)] = None,
 ) -> None:
     """Ask the store a question in SQL (DuckDB, read-only)."""
@@ -250,22 +274,17 @@ def query(
     from rethink.storage.query import run_query
 
     streamed = fmt in ("csv", "json") and out is None  # rows printed as they come, never held whole
-    try:
-        text = run_query(store, sql, fmt, str(out) if out else None, timeout=timeout,
-                         echo=sys.stdout.write if streamed else None)
-        if text is not None:
-            typer.echo(text)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `rethink query ... | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(0) from None
+    text = run_query(store, sql, fmt, str(out) if out else None, timeout=timeout,
+                     echo=sys.stdout.write if streamed else None)
+    if text is not None:
+        typer.echo(text)
 
 
 @app.command()
 def report(
     name: NameArg,
     store: StoreOpt = DEFAULT_STORE,
-    out: Annotated[Path | None, typer.Option(help="Folder for the figures and report.html (default ./report/NAME).", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the figures and report.html (default ./report/NAME).", show_default=False, callback=_home)] = None,
     fmt: Annotated[str, typer.Option("--format", help="Figure formats, comma-separated: png, pdf, svg.")] = "png",
 ) -> None:
     """Summary tables, figures (Zhang et al. Fig. 1) and one self-contained HTML page for NAME."""
@@ -278,7 +297,7 @@ def report(
     for table in result.tables:
         Console().print(table)
     for note in result.notes:
-        typer.echo(f"note: {note}", err=True)
+        typer.echo(f"note: {one_line(note)}", err=True)
     typer.echo(f"wrote {result.html} ({len(result.figures)} figures as {', '.join(result.formats)} beside it)")
 
 

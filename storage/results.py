@@ -5,20 +5,23 @@
 Each query opens its own locked DuckDB connection, as `rethink query` does: the views then fit
 the store as it is now (a notebook watching a grid train sees new experiments and rows), and no
 connection is shared between threads. pandas and polars are optional: each is imported only by
-the method that returns its frame."""
+the method that returns its frame. Every refusal is a RethinkError (`rethink.RethinkError`): an
+argument of the wrong kind is a UsageError before anything is read, never a bare TypeError."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Sequence
 
 import pyarrow as pa
 
-from rethink.errors import RethinkError
+from rethink.errors import RethinkError, UsageError
 from rethink.storage.errors import QueryError
 from rethink.storage.formatting import format_table
 from rethink.storage.reader import Reader
 from rethink.storage.views import check_read_only
+from rethink.text import one_line
 
 if TYPE_CHECKING:
     import pandas
@@ -79,6 +82,12 @@ class StoreReader:
     def sql(self, query: str, params: Params = None) -> Result:
         """Run read-only SQL; `params` fill `?` (a sequence) or `$name` (a dict) placeholders.
         Writing SQL is refused with the one line `rethink query` prints."""
+        if not isinstance(query, str):
+            raise UsageError(f"sql() takes the SQL as a str, got {_shown(query)}")
+        if not (params is None or isinstance(params, Mapping) and all(isinstance(k, str) for k in params)
+                or isinstance(params, (list, tuple))):
+            raise UsageError("sql() takes params as a list or tuple (for ? placeholders) or a dict with "
+                             f"str keys (for $name placeholders), got {_shown(params)}")
         check_read_only(query)
         return Result(self._fetch(query, params))
 
@@ -104,11 +113,13 @@ class StoreReader:
     def __repr__(self) -> str:
         return f"<rethink store {self.uri}: {len(self.experiments())} experiments>"
 
-    def _check_experiment(self, name: str) -> None:
+    def _check_experiment(self, name: object) -> None:
         """A misspelt name would give an empty frame, which looks like an answer: refuse it."""
+        if not isinstance(name, str):
+            raise UsageError(f"an experiment is named by a str, got {_shown(name)}")
         known = self.experiments()
         if name not in known:
-            raise QueryError(f"no experiment '{name}' in store '{self.uri}' "
+            raise QueryError(f"no experiment '{one_line(name)}' in store '{self.uri}' "
                              f"(experiments: {', '.join(known) or 'none yet'})")
 
     def _fetch(self, query: str, params: Params) -> pa.Table:
@@ -127,7 +138,21 @@ def open_store(uri: str | os.PathLike[str]) -> StoreReader:
     """Open the store at `uri` for reading: a local folder, or a pyarrow filesystem URI
     (`file:///abs/path`, `s3://BUCKET/PATH?endpoint_override=...`, with the keys in the
     environment); a place that is not a store is one RethinkError saying so."""
+    if isinstance(uri, os.PathLike):
+        uri = os.fspath(uri)
+    if not isinstance(uri, str):
+        raise UsageError(f"open_store() takes a store's folder or URI as a str or pathlib.Path, got {_shown(uri)}")
+    if not uri.strip():
+        raise UsageError("open_store() needs a store's folder or URI, got an empty string")
     return StoreReader(Reader.open(uri))
+
+
+def _shown(value: object) -> str:
+    """A wrong argument as the end of a refusal: its type and a short, printable repr."""
+    if value is None:
+        return "None"
+    text = one_line(repr(value))
+    return f"{type(value).__name__} {text[:60] + '…' if len(text) > 60 else text}"
 
 
 def _require(module: str, method: str) -> Any:

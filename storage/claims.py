@@ -10,20 +10,19 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from rethink.storage.errors import StoreError
+from rethink.storage.errors import DamagedFileError, StoreError
 from rethink.storage.layout import DRIVER_LEASE, RunPaths, attempt_of
 
 if TYPE_CHECKING:
     from rethink.storage.objectstore import S3Objects
+    from rethink.storage.store import Store
 
 CLAIM_TIMEOUT_S = float(os.environ.get("RETHINK_CLAIM_TIMEOUT", 600))  # no heartbeat this long: stale
 LEASE_SETTLE_S = 2.0  # a driver lease is read back this long after writing it (no exclusive create)
@@ -72,7 +71,7 @@ class Claims:
         release (or any other write) in between is never overwritten; a released or damaged
         claim is left as it is."""
         if self.local:
-            os.utime(self.path(relative))
+            self.files.touch(relative)  # type: ignore[attr-defined]  # storage/localfs.py: no link followed
             return
         if time.monotonic() - self._beats.get(relative, -float("inf")) < CLAIM_TIMEOUT_S / 10:
             return
@@ -102,7 +101,10 @@ class Claims:
 
     def _read_claim(self, relative: str) -> dict:
         """A claim's content; a damaged one reads as empty (stale: anyone may take the run)."""
-        return parse_owner(self.read(relative) or b"{}")
+        try:
+            return parse_owner(self.read(relative) or b"{}")  # type: ignore[attr-defined]
+        except DamagedFileError:  # past its size limit (storage/limits.py): damaged too
+            return {}
 
     def claim_holder(self, run_id: str) -> dict | None:
         """The live owner of the run, if any (for waiting on runs another process trains)."""
@@ -129,7 +131,7 @@ class Claims:
         Whoever loses reads the whole winner's file, never an empty or half one."""
         full = self.path(relative)
         if self.local:
-            return _link_exclusive(Path(full), data)
+            return _link_exclusive(self, relative, data)  # type: ignore[arg-type]
         if self.objects is not None:
             return self.objects.create(full, data)
         if self.exists(relative):  # no exclusive create here: check, then write (see driver_lease)
@@ -193,34 +195,12 @@ def _beating(owner: dict) -> bytes:
     return json.dumps(owner | {"beat": now().isoformat()}).encode()
 
 
-def _link_exclusive(path: Path, data: bytes) -> bool:
-    """Write `data` to a temporary file beside `path`, then hard-link it to `path`: the link fails
-    when `path` exists, and a reader never sees the file before it is whole (O_EXCL would show it
-    empty). Filesystems without hard links fall back to O_EXCL."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here (some network and FAT filesystems)
-            pass
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def _link_exclusive(store: Store, relative: str, data: bytes) -> bool:
+    """Create a local store's file only when absent: the whole file is hard-linked into place
+    (the link fails when something is there), through storage/localfs.py, which follows no link
+    inside the store; an OSError (a read-only disk) is one StoreError line."""
+    with store._writing(relative):
+        return store.files.create_exclusive(relative, data)
 
 
 def gone_from_here(owner: dict) -> bool:

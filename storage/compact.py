@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from rethink.states import RunState, StopReason
 from rethink.storage import layout, parts, schema
 from rethink.storage.claims import gone_from_here, parse_owner
-from rethink.storage.store import Store, StoreError
+from rethink.storage.store import DamagedFileError, Store, StoreError
 
 STOP_ENV = "RETHINK_COMPACT_STOP_AT"
 LOCK_TIMEOUT_S = float(os.environ.get("RETHINK_COMPACT_LOCK_TIMEOUT", 3600))  # a holder this quiet is gone
@@ -177,12 +177,11 @@ def _read_run(store: Store, run_id: str, tables: list[str]) -> _Run | None:
         if ident is None:
             continue
         try:
-            with store.fs.open_input_file(store.path(relative)) as f:
-                data = pq.read_table(f)
+            data = store.read_arrow(relative)  # within its limits, following no link (store.py)
+            if data is None:
+                continue
             run.tables[table] = _conform(data, SCHEMAS[table], run_id)
-        except FileNotFoundError:
-            continue
-        except (pa.ArrowException, OSError, ValueError):
+        except (pa.ArrowException, OSError, ValueError, DamagedFileError):
             return None
         run.idents[relative] = ident
     if not run.idents:
@@ -318,55 +317,47 @@ def _delete_run(store: Store, run: _Run) -> int:
 def _delete_if_same(store: Store, relative: str, ident: tuple) -> bool:
     """Delete the file if it is still the one read. Locally it is first renamed aside, so a
     rewrite landing in between is seen and put back (never lost); elsewhere it is compared,
-    then deleted."""
-    full = store.path(relative)
-    if not store.local:
+    then deleted. Locally every step goes through storage/localfs.py: no link is followed."""
+    if store.files is None:
         if _ident(store, relative) != ident:
             return False
         store.delete(relative)
         return True
-    folder, name = os.path.split(full)
-    aside = os.path.join(folder, f".{name}.compact-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        os.rename(full, aside)
-    except FileNotFoundError:
-        return False
-    same = _local_ident(aside) == ident
-    if not same:
-        try:
-            os.link(aside, full)  # the rewrite goes back, unless a newer one is there already
-        except FileExistsError:
-            pass
-    os.unlink(aside)
+    folder, name = relative.rsplit("/", 1)
+    aside = f".{name}.compact-{uuid.uuid4().hex[:8]}.tmp"
+    with store._writing(relative):
+        if not store.files.rename(relative, aside):
+            return False
+        same = _local_ident(store, f"{folder}/{aside}") == ident
+        if not same:
+            store.files.link(f"{folder}/{aside}", name)  # the rewrite goes back, unless a newer one is there
+        store.files.delete(f"{folder}/{aside}")
     return same
 
 
 def _ident(store: Store, relative: str) -> tuple | None:
     """What tells a file from its rewrite: inode, mtime and size locally; mtime and size
     elsewhere. None when it is absent."""
-    if store.local:
-        try:
-            return _local_ident(store.path(relative))
-        except FileNotFoundError:
-            return None
+    if store.files is not None:
+        with store._reading(relative):
+            return _local_ident(store, relative)
     info = store.fs.get_file_info(store.path(relative))
     if info.type != pafs.FileType.File:
         return None
     return (info.mtime_ns, info.size)
 
 
-def _local_ident(path: str) -> tuple:
-    st = os.stat(path)
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+def _local_ident(store: Store, relative: str) -> tuple | None:
+    """A local file's (inode, mtime, size), its own (a link's, never its target's); None when absent."""
+    assert store.files is not None
+    st = store.files.stat(relative)
+    return None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _remove_folder(store: Store, relative: str) -> None:
     """Remove the file's folder when it is empty now (locally; object stores have no folders)."""
-    if store.local:
-        try:
-            os.rmdir(os.path.dirname(store.path(relative)))
-        except OSError:
-            pass  # not empty (claims, a new file) or gone
+    if store.files is not None:
+        store.files.rmdir(relative.rsplit("/", 1)[0])
 
 
 @contextmanager

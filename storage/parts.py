@@ -14,7 +14,6 @@ cached listing is out of date."""
 from __future__ import annotations
 
 import json
-import os
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal
@@ -23,7 +22,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rethink.storage import layout
+from rethink.storage import layout, limits
+from rethink.storage.errors import DamagedFileError
 
 if TYPE_CHECKING:
     from rethink.storage.store import Store
@@ -92,11 +92,11 @@ def list_parts(store: Store, table: Table, files: Listing | None = None) -> list
 def read_footer(store: Store, path: str) -> dict[str, int] | None:
     """{run_id: rows} from a part's footer; None when the file is absent or holds no such list."""
     try:
-        with store.fs.open_input_file(store.path(path)) as f:
-            meta = pq.ParquetFile(f).metadata.metadata or {}
-    except FileNotFoundError:
-        return None
-    except (pa.ArrowInvalid, OSError):
+        with store.open_file(path) as found:  # no link followed; past its size limit: damaged
+            if found is None:
+                return None
+            meta = pq.ParquetFile(found[0]).metadata.metadata or {}
+    except (pa.ArrowInvalid, OSError, DamagedFileError):
         return None
     try:
         runs = json.loads(meta.get(RUNS_KEY, b"null"))
@@ -112,8 +112,7 @@ def per_run_ids(store: Store, table: Table, candidates: set[str], files: Listing
     folder, name = layout.TABLE_FILES[table]
     if store.local:
         listed = _entries(store, table, layout.RUN_PREFIX) & candidates
-        return {run_id for run_id in listed
-                if os.path.isfile(store.path(f"{folder}/{layout.RUN_PREFIX}{run_id}/{name}"))}
+        return {run_id for run_id in listed if store.exists(f"{folder}/{layout.RUN_PREFIX}{run_id}/{name}")}
     found = set()
     for entry, file_name in _remote_files(store, folder, files):
         if file_name == name and entry.startswith(layout.RUN_PREFIX):
@@ -155,17 +154,35 @@ def run_rows(store: Store, table: Table, run_id: str) -> int | None:
 def _read_part(store: Store, path: str, run_id: str) -> pa.Table:
     """One run's rows of a part. Parts are sorted by run_id in modest row groups, so the filter
     reads the groups whose statistics can hold it. A status part is small and cached whole."""
+    import pyarrow.compute as pc  # here only: its import costs 70 ms that `rethink status` would pay
+
     if path.startswith(layout.TABLE_FILES["status"][0] + "/"):
         whole = _cache(store)["status"].get(path)
         if whole is None:
-            with store.fs.open_input_file(store.path(path)) as f:
-                whole = pq.read_table(f)
+            whole = store.read_arrow(path)  # within the status part's limits (storage/limits.py)
+            if whole is None:
+                raise FileNotFoundError(path)
             _cache(store)["status"][path] = whole
-        import pyarrow.compute as pc  # here only: its import costs 70 ms that `rethink status` would pay
-
         return whole.filter(pc.equal(whole["run_id"], run_id))
-    with store.fs.open_input_file(store.path(path)) as f:
-        return pq.read_table(f, filters=[("run_id", "=", run_id)])
+    with store.open_file(path) as found:
+        if found is None:
+            raise FileNotFoundError(path)
+        parquet = pq.ParquetFile(found[0])
+        groups = _groups_holding(parquet.metadata, run_id)
+        limits.check_parquet(path, parquet.metadata, limits.Limit(limits.MAX_EPOCHS_BYTES), groups)
+        data = parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table()
+    return data.filter(pc.equal(data["run_id"], run_id))
+
+
+def _groups_holding(meta: pq.FileMetaData, run_id: str) -> list[int]:
+    """The row groups whose run_id statistics may hold `run_id` (all, without statistics)."""
+    column = meta.schema.to_arrow_schema().get_field_index("run_id")
+    groups = []
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics if column >= 0 else None
+        if stats is None or not stats.has_min_max or stats.min <= run_id <= stats.max:
+            groups.append(i)
+    return groups
 
 
 def _cached_listing(store: Store, table: Table) -> list[Part]:
@@ -195,10 +212,7 @@ def _entries(store: Store, table: Table, prefix: str, files: Listing | None = No
     remote with `files`: the entries that hold a file."""
     folder = layout.TABLE_FILES[table][0]
     if store.local:
-        try:
-            names = [entry.name for entry in os.scandir(store.path(folder))]
-        except (FileNotFoundError, NotADirectoryError):
-            return set()
+        names = store.listdir(folder)  # storage/localfs.py: no link followed
     elif files is not None:
         names = [entry for entry, _ in _remote_files(store, folder, files)]
     else:

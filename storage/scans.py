@@ -110,14 +110,15 @@ class Scan:
     def _local_matches(self, glob: str) -> Iterator[Path]:
         """The files of `glob` under the store's folder (taken literally), in DuckDB's sorted order."""
         folder, entry, name = split(glob)
-        try:
-            entries = sorted(e.name for e in Path(self.folder, folder).iterdir() if matches(entry, e.name))
-        except (FileNotFoundError, NotADirectoryError):
+        files = self.store.files
+        assert files is not None
+        try:  # a link among the entries is refused: DuckDB would follow it out of the store
+            entries = [e for e in files.listdir(folder, links=False) if matches(entry, e)]
+        except NotADirectoryError:
             return
         for found in entries:
-            candidate = Path(self.folder, folder, found, name)
-            if candidate.is_file():
-                yield candidate
+            if self.store.exists(f"{folder}/{found}/{name}"):
+                yield Path(self.folder, folder, found, name)
 
     # -- remote: pyarrow reads the files, DuckDB scans them through Arrow ------------------------
 

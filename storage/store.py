@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rethink.errors import os_errors
-from rethink.storage import schema
+from rethink.errors import os_errors, os_reason
+from rethink.storage import limits, schema
 from rethink.storage.claims import Claims, now  # noqa: F401 - now is re-exported
 from rethink.storage.errors import DamagedFileError, StoreError  # noqa: F401 - re-exported: callers import them here
-from rethink.storage.atomic import write_bytes
 from rethink.storage.layout import MARKER, ExperimentPaths, RunPaths, epoch_of
+from rethink.storage.localfs import LocalStore
 
 if TYPE_CHECKING:
     from rethink.storage.objectstore import S3Objects
@@ -32,6 +34,8 @@ class Store(Claims):
     def __init__(self, fs: pafs.FileSystem, root: str, uri: str):
         self.fs, self.root, self.uri = fs, root.rstrip("/"), uri
         self.local = isinstance(fs, pafs.LocalFileSystem)
+        # Locally every file operation walks below the root without following a link (localfs.py).
+        self.files = LocalStore(self.root, uri) if self.local else None
         self._objects: S3Objects | None = None
         self._beats: dict[str, float] = {}  # claim -> time.monotonic() of its last heartbeat here
 
@@ -39,6 +43,8 @@ class Store(Claims):
     def open(cls, uri: str | Path, create: bool = False) -> Store:
         """Open the store at `uri`; with create, make it when the place is absent or empty."""
         text = str(uri)
+        if "://" not in text:
+            text = os.path.expanduser(text)  # `--store=~/runs`: the shell leaves a `~` after `=` alone
         scheme, sep, rest = text.partition("://")
         if sep and scheme.lower() in ("s3", "gs", "gcs") and not rest.split("/", 1)[0].split("?", 1)[0]:
             raise StoreError(f"store '{text}' names no bucket: give {scheme}://BUCKET/PATH")
@@ -62,7 +68,7 @@ class Store(Claims):
                 i for i in fs.get_file_info(pafs.FileSelector(root)) if not i.base_name.startswith((MARKER, f".{MARKER}."))]:
             raise StoreError(f"'{text}' is a folder that is not empty and not a rethink store; choose another --store")
         with os_errors("create the store", f"'{text}'"):  # the first write: a path that cannot be a store
-            store.write(MARKER, json.dumps({"rethink_store": 1, "created": now().isoformat()}).encode())
+            store._write(MARKER, json.dumps({"rethink_store": 1, "created": now().isoformat()}).encode())
         return store
 
     # -- files ----------------------------------------------------------------------------------
@@ -92,12 +98,20 @@ class Store(Claims):
             raise StoreError(f"cannot read store '{self.uri}': {' '.join(str(exc).split())}") from None
 
     def exists(self, relative: str) -> bool:
+        if self.files is not None:
+            with self._reading(relative):
+                return self.files.is_file(relative)
         return self._info(self.path(relative)).type == pafs.FileType.File
 
     def write(self, relative: str, data: bytes) -> None:
-        """Replace the file whole: readers see the old one or the new one, never half of it."""
-        if self.local:
-            write_bytes(self.path(relative), data)
+        """Replace the file whole: readers see the old one or the new one, never half of it. An
+        OSError (a read-only or full disk, no permission) is one StoreError line."""
+        with self._writing(relative):
+            self._write(relative, data)
+
+    def _write(self, relative: str, data: bytes) -> None:
+        if self.files is not None:
+            self.files.write(relative, data)
             return
         full = self.path(relative)
         if self.objects is not None:  # one PUT is atomic on S3; a temporary object + move is a copy
@@ -109,18 +123,70 @@ class Store(Claims):
             out.write(data)
         self.fs.move(tmp, full)
 
-    def read(self, relative: str) -> bytes | None:
+    @contextmanager
+    def _writing(self, relative: str) -> Iterator[None]:
+        """An OSError of writing or deleting `relative` as one StoreError line (local stores;
+        an object store's client words its own)."""
         try:
-            with self.fs.open_input_stream(self.path(relative)) as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:  # e.g. refused credentials on an object store: one line
-            raise StoreError(f"cannot read {relative} in store '{self.uri}': {' '.join(str(exc).split())}") from None
+            yield
+        except OSError as exc:
+            if not self.local:
+                raise
+            raise StoreError(f"cannot write {relative} in store '{self.uri}': {os_reason(exc)}") from None
+
+    @contextmanager
+    def _reading(self, relative: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:  # e.g. refused credentials on an object store, a file for a folder: one line
+            raise StoreError(f"cannot read {relative} in store '{self.uri}': {os_reason(exc)}") from None
+
+    @contextmanager
+    def open_file(self, relative: str) -> Iterator[tuple[IO[bytes] | pa.NativeFile, int] | None]:
+        """The file open for reading and its size, after refusing a size past its limit
+        (storage/limits.py); None when it is absent. Locally no link is followed (localfs.py)."""
+        with self._reading(relative):
+            if self.files is not None:
+                found = self.files.open_read(relative)
+            else:
+                try:
+                    f = self.fs.open_input_file(self.path(relative))
+                    found = (f, f.size())
+                except FileNotFoundError:
+                    found = None
+        if found is None:
+            yield None
+            return
+        with found[0]:
+            limits.check_size(relative, found[1])
+            yield found
+
+    def read(self, relative: str) -> bytes | None:
+        """The file's bytes; None when it is absent; DamagedFileError past its size limit."""
+        if self.files is not None:
+            with self.open_file(relative) as found:
+                if found is None:
+                    return None
+                with self._reading(relative):
+                    return found[0].read()
+        limit = limits.limit_for(relative)
+        with self._reading(relative):
+            try:
+                with self.fs.open_input_stream(self.path(relative)) as f:
+                    data = f.read(limit.bytes + 1)  # one GET, no HEAD; never more than the limit
+            except FileNotFoundError:
+                return None
+        if len(data) > limit.bytes:
+            raise limit.refuse(relative, len(data))
+        return data
 
     def delete(self, relative: str) -> None:
         if self.objects is not None:  # S3: one DELETE, no folder marker left behind
             self.objects.delete(self.path(relative))
+            return
+        if self.files is not None:
+            with self._writing(relative):
+                self.files.delete(relative)
             return
         try:
             self.fs.delete_file(self.path(relative))
@@ -128,6 +194,11 @@ class Store(Claims):
             pass
 
     def listdir(self, relative: str) -> list[str]:
+        if self.files is not None:
+            try:
+                return self.files.listdir(relative)
+            except OSError as exc:
+                raise StoreError(f"cannot list {relative} in store '{self.uri}': {os_reason(exc)}") from None
         selector = pafs.FileSelector(self.path(relative), allow_not_found=True)
         try:
             return sorted(info.base_name for info in self.fs.get_file_info(selector))
@@ -140,13 +211,26 @@ class Store(Claims):
         self.write(relative, buffer.getvalue())
 
     def read_table(self, relative: str) -> list[dict] | None:
+        """The file's rows; None when it is absent. Its size, rows and decoded bytes are checked
+        against its limit (storage/limits.py) before a row is decoded."""
         blob = self.read(relative)
         if blob is None:
             return None
         try:
-            return pq.read_table(pa.BufferReader(blob)).to_pylist()
+            parquet = pq.ParquetFile(pa.BufferReader(blob))
+            limits.check_parquet(relative, parquet.metadata)
+            return parquet.read().to_pylist()
         except (pa.ArrowInvalid, OSError) as exc:
             raise DamagedFileError(f"{relative} is damaged: {' '.join(str(exc).split())}") from None
+
+    def read_arrow(self, relative: str) -> pa.Table | None:
+        """The file's rows as Arrow, read through `open_file` with its limits; None when absent."""
+        with self.open_file(relative) as found:
+            if found is None:
+                return None
+            parquet = pq.ParquetFile(found[0])
+            limits.check_parquet(relative, parquet.metadata)
+            return parquet.read()
 
     # -- experiments ----------------------------------------------------------------------------
 
@@ -257,17 +341,15 @@ class Store(Claims):
 
                 return parts.run_rows(self, "epochs", run_id)
             self._check_columns(relative, file_schema.names, file_schema)
-            with self.fs.open_input_file(self.path(relative)) as f:
-                return pq.ParquetFile(f).metadata.num_rows
+            with self.open_file(relative) as found:
+                return None if found is None else pq.ParquetFile(found[0]).metadata.num_rows
         except (DamagedFileError, pa.ArrowInvalid, OSError):
             return None
 
     def _file_schema(self, relative: str) -> pa.Schema | None:
         try:
-            with self.fs.open_input_file(self.path(relative)) as f:
-                return pq.ParquetFile(f).schema_arrow
-        except FileNotFoundError:
-            return None
+            with self.open_file(relative) as found:
+                return None if found is None else pq.ParquetFile(found[0]).schema_arrow
         except (pa.ArrowInvalid, OSError) as exc:
             raise DamagedFileError(f"{relative} is damaged: {' '.join(str(exc).split())}") from None
 

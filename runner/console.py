@@ -1,4 +1,5 @@
-"""What the user watches: a live Rich table of a run's epochs (`rethink train`)."""
+"""What the user watches: a live Rich table of a run's epochs (`rethink train`). Its title names
+the run (model, corruption, regularizer): shown as text, never parsed as Rich markup."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from rethink.text import rich_text
 
 # (row key, header, format) for the live table; accuracies as percentages are easier to scan.
 EPOCH_TABLE = (
@@ -42,11 +45,11 @@ class EpochTable:
         self.started = False  # shown from the first row on, so an early error stays one line
 
     def _render(self) -> Table:
-        table = Table(title=self.title, title_justify="left")
+        table = Table(title=rich_text(self.title), title_justify="left")
         for _, header, _ in EPOCH_TABLE:
             table.add_column(header, justify="right")
         for row in self.rows:
-            table.add_row(*(_cell(row.get(key), fmt) for key, _, fmt in EPOCH_TABLE))
+            table.add_row(*(rich_text(_cell(row.get(key), fmt)) for key, _, fmt in EPOCH_TABLE))
         return table
 
     def add(self, row: dict) -> None:

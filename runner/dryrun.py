@@ -1,5 +1,7 @@
 """What `rethink submit --dry-run` prints: the expanded runs, so a researcher checks the grid's
-product (and its size) before a single GPU-hour is spent."""
+product (and its size) before a single GPU-hour is spent. Names and values from the grid are
+shown as text (rethink/text.py): every cell, the title and the caption are Rich `Text`, never
+markup, with control characters shown visibly."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from rich.table import Table
 
 from rethink.runner.grid import Grid, Resources
 from rethink.tasks.spec import LABEL_KINDS, RunSpec
+from rethink.text import rich_text
 
 HEAD, TAIL = 100, 20  # rows shown of a huge grid: its start and its end
 HUGE = 200  # more runs than this are elided in the middle
@@ -30,8 +33,8 @@ def run_table(grid: Grid) -> Table:
     elided = n > HUGE
     if elided:
         caption += f" · showing the first {HEAD} and last {TAIL} of {n:,} runs"
-    table = Table(title=f"{grid.name} (dry run: nothing is trained)", title_justify="left",
-                  caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table = Table(title=rich_text(f"{grid.name} (dry run: nothing is trained)"), title_justify="left",
+                  caption=rich_text(caption, keep="\n"), caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for header, justify in (("#", "right"), ("run id", "left"), ("dataset", "left"), ("model", "left"),
                             ("corruption", "left"), ("level", "right"), ("regularizer", "left"),
                             ("seed", "right"), ("epochs", "right")):
@@ -44,7 +47,7 @@ def run_table(grid: Grid) -> Table:
         if i < 0:
             table.add_row("…", f"… {n - HEAD - TAIL:,} more", *["…"] * 7, style="dim")
         else:
-            table.add_row(str(i + 1), *_cells(runs[i]))
+            table.add_row(*(rich_text(cell) for cell in (str(i + 1), *_cells(runs[i]))))
     return table
 
 

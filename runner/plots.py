@@ -5,7 +5,9 @@ Zhang et al.'s Fig. 1a (learning curves per corruption), 1b (time to fit vs labe
 Figures are made for print: sized in inches at a paper's column widths, small fonts, no title
 (the caption says what a figure shows; the page and the file name say which experiment), the
 Okabe–Ito palette, and every line told apart by its marker and dash as well as its colour, so a
-figure survives colour blindness and greyscale printing. They use `matplotlib.figure.Figure`
+figure survives colour blindness and greyscale printing. Text from the store (model, corruption
+and regularizer names in legends and axis labels) is drawn as plain text (`plain`): a `$` in it
+never starts mathtext, which would mangle it or fail to draw. They use `matplotlib.figure.Figure`
 with its Agg canvas, never pyplot: no global state, no display needed, nothing to close. Every
 curve is the mean over seeds; the band around it is ±1 std over seeds, drawn only where there
 are two seeds or more."""
@@ -22,6 +24,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter, MaxNLocator
+
+from rethink.text import visible
 
 LEVELED = ("labels", "label_noise")  # corruption kinds that take a level p (tasks/spec.py)
 KIND_ORDER = ("none", "labels", "label_noise", "shuffled_pixels", "random_pixels", "gaussian")
@@ -46,6 +50,7 @@ RC = {
     "xtick.labelsize": 7, "ytick.labelsize": 7, "lines.linewidth": 1.4, "lines.markersize": 4,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
     "legend.frameon": False,
+    "text.usetex": False,  # never LaTeX, whatever a matplotlibrc says: store text is not TeX
     # PDF: TrueType (Type 42) fonts, embedded, instead of matplotlib's default Type 3: text stays
     # text (selectable, editable in Illustrator/Inkscape) and publishers' checks (IEEE, ACM)
     # that reject Type 3 fonts pass. ps.fonttype likewise for anyone saving EPS from a Figure.
@@ -91,6 +96,13 @@ def setting_of(row: Row) -> tuple:
 def setting_label(row: Row, parts: list[str]) -> str:
     """'mlp1x512, width=2, weight_decay=0.0005': the varying parts of a row's setting."""
     return ", ".join(f"{p}={cell(row[p])}" if p in ("width", "init_scale") else cell(row[p]) for p in parts)
+
+
+def plain(text: str) -> str:
+    """Store text as a matplotlib label that shows as written: control characters visible (line
+    breaks kept: a label may have two lines), and every `$` escaped, so no pair of them is
+    parsed as mathtext (`$\\frac{` would fail to draw)."""
+    return visible(text, keep="\n").replace("$", r"\$")
 
 
 def cell(value: object) -> str:
@@ -208,8 +220,9 @@ def _legend(fig: Figure, axes: Sequence[Axes], title: str, spare: Axes | None = 
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
-    labels = sorted(seen, key=lambda label: label.startswith(REFERENCES))  # stable: drawing order kept
-    handles = [seen[label] for label in labels]
+    order = sorted(seen, key=lambda label: label.startswith(REFERENCES))  # stable: drawing order kept
+    handles = [seen[label] for label in order]
+    labels = [plain(label) for label in order]
     if spare is not None:
         spare.axis("off")
         spare.legend(handles, labels, title=title, loc="upper left")
@@ -269,7 +282,7 @@ def fig1a_learning_curves(rows: list[Row]) -> Figure | None:
             _curve(loss_ax, x, curve, "train_loss", 1.0, look[key], corruption_label(*key))
             _curve(acc_ax, x, curve, "train_acc", 100.0, look[key], corruption_label(*key))
         where = setting_label(setting_rows[0], parts)
-        loss_ax.set(xlabel="SGD steps", ylabel=(f"{where}\n" if where else "") + "training loss (nats)")
+        loss_ax.set(xlabel="SGD steps", ylabel=(f"{plain(where)}\n" if where else "") + "training loss (nats)")
         acc_ax.set(xlabel="SGD steps", ylabel="train accuracy (%)", ylim=(-2, 102))
         _from_zero(loss_ax)
         for ax in (loss_ax, acc_ax):

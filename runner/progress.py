@@ -4,7 +4,9 @@ and what it is doing: loading, training, probing), elapsed time and an ETA from 
 trained so far; or, with --quiet, plain log lines for a cluster's driver log.
 
 Everything shown comes from the store: the status file each running run's worker rewrites with
-its rows (runner/writer.py), and the phase it announces before probing (tasks/train.py)."""
+its rows (runner/writer.py), and the phase it announces before probing (tasks/train.py). So it is
+shown as data (rethink/text.py): the bar's columns take no Rich markup, and run labels, phases
+and errors have their control characters shown visibly, on one line."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from rich.progress import Progress as RichProgress
 
 from rethink.states import RunState
 from rethink.tasks.spec import RunSpec
+from rethink.text import one_line
 
 REFRESH_S = 2.0  # how often the status of running runs is read back from the store, at most
 REFRESH_SHARE = 0.1  # and no more often than keeps the reading to this share of the driver's time
@@ -33,7 +36,9 @@ def clock(seconds: float) -> str:
 
 
 def run_label(run: RunSpec) -> str:
-    return f"{run.run_id[:8]} {run.model} {run.corruption.label} {run.regularizer.label} seed {run.seed}"
+    """'1a2b3c4d mlp1x512 labels p=0.5 none seed 0', safe to print (a resumed run's spec is read
+    back from the store)."""
+    return one_line(f"{run.run_id[:8]} {run.model} {run.corruption.label} {run.regularizer.label} seed {run.seed}")
 
 
 class Progress:
@@ -49,8 +54,9 @@ class Progress:
         self.started = self.last_summary = time.monotonic()
         self.rate_from: tuple[float, int] | None = None  # (time, epochs) when training was first seen
         self.bar = RichProgress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[states]}"), TaskProgressColumn(),
+            # markup=False: the text is formatted from store values, never parsed as Rich markup
+            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[states]}", markup=False), TaskProgressColumn(),
             console=Console(stderr=True), disable=quiet,
         )
         self.runs = self.bar.add_task(f"{name} runs", total=total, states="")
@@ -90,13 +96,14 @@ class Progress:
             self.failed += 1
         if self.quiet:  # one plain line per finished run: what a cluster's driver log shows
             what = "done" if ok else f"failed: {error}"
-            print(f"{self.name}: [{self.done + self.failed}/{self.total}] run {run.run_id} "
-                  f"({run.model} {run.corruption.label} {run.regularizer.label} seed {run.seed}) {what}",
+            print(one_line(f"{self.name}: [{self.done + self.failed}/{self.total}] run {run.run_id} "
+                           f"({run.model} {run.corruption.label} {run.regularizer.label} seed {run.seed}) {what}"),
                   file=sys.stderr, flush=True)
         self._show()
 
     def say(self, message: str) -> None:
         """What is happening before the first epoch (starting Ray, waiting for workers)."""
+        message = one_line(message)
         if self.quiet:
             print(f"{self.name}: {message}", file=sys.stderr, flush=True)
         else:
@@ -189,4 +196,4 @@ def describe(status: dict) -> str:
         if status.get(key) is not None:
             parts.append(f"{name} {status[key]:.3f}")
     parts.append(status.get("phase") or "training")
-    return " · ".join(parts)
+    return one_line(" · ".join(parts))

@@ -5,15 +5,25 @@ page that also lists the experiment's settings, provenance and runs.
 It reads the store, local or remote, only through the SQL views (storage/reader.py) and the
 frozen grid file, so the report shows exactly what `rethink query` would, and it writes only
 outside the store, to a local folder: a report is a product
-of the results, never part of them. Every file is written atomically; the HTML page embeds its
-images as PNG data URIs and its style inline, so it opens offline, mailed or copied anywhere,
-with nothing to fetch (the PDF and SVG files are linked beside it, for papers)."""
+of the results, never part of them. Everything is drawn first, then written into a hidden folder
+inside `--out` and moved into place, so a folder that cannot take it (/proc, a read-only mount,
+a figure's name taken by a folder) fails in one line with nothing half written. The HTML page
+(runner/templates/report.html.j2) embeds its images as PNG data URIs and its style inline, so it
+opens offline, mailed or copied anywhere, with nothing to fetch (the PDF and SVG files are
+linked beside it, for papers).
+
+What the store holds is data (rethink/text.py): the page is rendered by Jinja2 with autoescape,
+so an error or grid text holding `<script>` shows as those characters, and the terminal tables
+are Rich `Text`, never markup, with control characters shown visibly."""
 
 from __future__ import annotations
 
 import base64
-import html
+import errno
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,17 +33,19 @@ import duckdb
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from rethink.errors import RethinkError
+from rethink.errors import PathError, RethinkError, path_error
 from rethink.runner import plots
 from rethink.runner.plots import Row, corruption_label, corruption_order, setting_of
 from rethink.storage.atomic import write_bytes
 from rethink.storage.errors import QueryError
 from rethink.storage.reader import Reader
 from rethink.storage.summaries import PROBES, VIEWS
+from rethink.text import render_html, rich_text, visible
 
 STATES = ("done", "failed", "running", "pending")
 TABLE_EPOCHS = 6  # epoch columns in the memorization table: first, last, evenly between
 HTML_NAME = "report.html"
+TEMPLATE = "report.html.j2"  # in runner/templates, rendered by rethink.text.render_html
 
 # (file name without its extension, view it is drawn from, how, caption, (count column, spread)
 # for the caption's note on seeds); a figure carries no title, so its caption says what it shows
@@ -62,9 +74,9 @@ class ReportResult:
     html: Path  # the self-contained page
     figures: dict[str, list[Path]]  # figure name (FIGURES order) -> its files, one per format
     formats: tuple[str, ...]  # as asked, e.g. ("png", "pdf")
-    tables: list[Table]  # the same tables as the page, for the terminal
-    header: str  # one line: the experiment's runs per state
-    notes: list[str] = field(default_factory=list)  # what was skipped, and why
+    tables: list[Table]  # the same tables as the page, for the terminal (store text as Rich Text)
+    header: str  # one line: the experiment's runs per state (control characters shown visibly)
+    notes: list[str] = field(default_factory=list)  # what was skipped, and why (likewise)
 
     @property
     def pngs(self) -> list[Path]:
@@ -115,42 +127,80 @@ def build_report(store_root: str, name: str, out_dir: str, formats: str | Iterab
     loaded = _load(reader, name, store_root)
     views = loaded.views
     settings = store.experiment_grid(name)
-    header = _header(name, loaded.counts)
-    notes = _notes(name, loaded.counts, views)
+    header = visible(_header(name, loaded.counts))
+    notes = [visible(n) for n in _notes(name, loaded.counts, views)]
     grids = [g for g in (_gaps_grid(views["gaps"]), _fit_grid(views["fit_time"]),
                          _memorization_grid(views["memorization"]), _probes_grid(views["probes"])) if g]
-    written: dict[str, list[Path]] = {}
+    files: dict[str, bytes] = {}  # file name in `out` -> its bytes, all drawn before any is written
     images: list[_Image] = []
     for stem, view, draw, caption, (count, spread) in FIGURES:
         fig = draw(views[view])
-        for fmt in plots.FORMATS:  # an old report's figure would now mislead beside the new ones
-            if fig is None or fmt not in fmts:
-                (out / f"{stem}.{fmt}").unlink(missing_ok=True)
         if fig is None:
             continue
-        files = {fmt: plots.figure_bytes(fig, fmt) for fmt in fmts}
-        written[stem] = []
-        for fmt, data in files.items():
-            write_bytes(out / f"{stem}.{fmt}", data)
-            written[stem].append(out / f"{stem}.{fmt}")
-        png = files.get("png") or plots.figure_bytes(fig, "png")  # the page shows PNG, whatever was asked
+        drawn = {fmt: plots.figure_bytes(fig, fmt) for fmt in fmts}
+        files.update({f"{stem}.{fmt}": data for fmt, data in drawn.items()})
+        png = drawn.get("png") or plots.figure_bytes(fig, "png")  # the page shows PNG, whatever was asked
         note = plots.spread_note(views[view], count, spread)
         images.append(_Image(stem, png, f"{caption} {note}".strip(), [f"{stem}.{f}" for f in fmts if f != "png"]))
-    page = out / HTML_NAME
     sections = _Sections(settings, loaded.provenance, _runs_grid(loaded.runs))
-    write_bytes(page, _html(name, store_root, header, notes, grids, images, sections).encode())
-    return ReportResult(page, written, fmts, [_rich(g) for g in grids], header, notes)
+    files[HTML_NAME] = _html(name, store_root, header, notes, grids, images, sections).encode()
+    # an old report's figure would now mislead beside the new ones
+    stale = [f"{stem}.{fmt}" for stem, *_ in FIGURES for fmt in plots.FORMATS if f"{stem}.{fmt}" not in files]
+    _write(out, out_dir, files, stale)
+    written = {stem: [out / f"{stem}.{fmt}" for fmt in fmts] for stem, *_ in FIGURES if f"{stem}.{fmts[0]}" in files}
+    return ReportResult(out / HTML_NAME, written, fmts, [_rich(g) for g in grids], header, notes)
 
 
 def _out_dir(store: Path | None, out_dir: str) -> Path:
     """The report's folder, refused inside a local store (a store holds results, never
     products); a remote store's report goes to a local folder, never inside it."""
-    out = Path(out_dir).expanduser().resolve()
-    if store is not None and (out == store or store in out.parents):
-        raise RethinkError(f"--out {out_dir} is inside the store {store}; write the report outside it")
-    if out.exists() and not out.is_dir():
-        raise RethinkError(f"--out {out_dir} is a file; give a folder")
+    try:
+        out = Path(out_dir).expanduser().resolve()
+        if store is not None and (out == store or store in out.parents):
+            raise RethinkError(f"--out {out_dir} is inside the store {store}; write the report outside it")
+        if out.exists() and not out.is_dir():
+            raise RethinkError(f"--out {out_dir} is a file; give a folder")
+    except OSError as exc:
+        raise _cannot(exc, out_dir) from None
     return out
+
+
+def _cannot(exc: OSError, where: object) -> PathError:
+    """The one line of an OSError met writing the report (errors.path_error's words)."""
+    message = str(path_error(exc, "write the report to", where))
+    return PathError(message.replace("; choose another path", "; choose another --out"))
+
+
+def _write(out: Path, given: str, files: dict[str, bytes], stale: list[str]) -> None:
+    """Put `files` (name -> bytes) into `out` and delete the `stale` figures of an older report.
+    Every file is written first into a hidden folder inside `out` (same filesystem), then each is
+    renamed into place: a folder that cannot take them all (no space, read-only, /proc) gets none,
+    and a folder `out` this made is removed again. A name already taken by a folder is refused
+    before anything is written; a stale name that is not a file is left alone."""
+    made = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # the folders this will create
+    try:
+        for file in files:
+            if (out / file).is_dir():
+                raise _cannot(IsADirectoryError(errno.EISDIR, "is a folder"), out / file)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".rethink-report-", dir=out))
+        try:
+            for file, data in files.items():
+                write_bytes(staging / file, data)
+            for file in files:
+                os.replace(staging / file, out / file)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for file in stale:
+            if (out / file).is_file() or (out / file).is_symlink():
+                (out / file).unlink()
+    except OSError as exc:
+        for folder in made:  # innermost first; each only if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise _cannot(exc, given) from None
 
 
 def _load(reader: Reader, name: str, uri: str) -> _Loaded:
@@ -335,35 +385,16 @@ def _provenance_grid(recorded: list[tuple[str, list[tuple[object, int]]]]) -> _G
 
 
 def _rich(grid: _Grid) -> Table:
-    table = Table(title=grid.title, title_justify="left")
+    """The grid for the terminal: every string a Rich Text (a str would be parsed as markup)."""
+    table = Table(title=rich_text(grid.title), title_justify="left")
     for column, numeric in zip(grid.columns, grid.numeric):
-        table.add_column(column, justify="right" if numeric else "left")
+        table.add_column(rich_text(column), justify="right" if numeric else "left")
     for row in grid.rows:
-        table.add_row(*row)
+        table.add_row(*(rich_text(cell) for cell in row))
     return table
 
 
 # ---- the page --------------------------------------------------------------------------------
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1250px;
-       padding: 0 1em; color: #222; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-.meta { color: #666; font-size: 0.9em; }
-.notes li { color: #8a5a00; }
-table { border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.9em; }
-caption { text-align: left; font-weight: 600; padding-bottom: 0.4em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; }
-th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: 1em 0 2em; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.9em; }
-pre { background: #f7f7f7; border: 1px solid #ddd; padding: 0.6em 0.8em; font-size: 0.85em; overflow-x: auto; }
-td.error { max-width: 40em; overflow-wrap: anywhere; }
-"""
-
 
 @dataclass
 class _Image:
@@ -371,6 +402,10 @@ class _Image:
     png: bytes  # embedded in the page
     caption: str
     links: list[str]  # the same figure in the other formats written, beside the page
+
+    @property
+    def data(self) -> str:
+        return base64.b64encode(self.png).decode("ascii")
 
 
 @dataclass
@@ -380,45 +415,9 @@ class _Sections:
     runs: _Grid | None
 
 
-def _html_table(grid: _Grid) -> list[str]:
-    e = html.escape
-    parts = ["<table>", f"<caption>{e(grid.title)}</caption>",
-             "<tr>" + "".join(f"<th>{e(c)}</th>" for c in grid.columns) + "</tr>"]
-    for row in grid.rows:
-        cells = (f'<td class="num">{e(v)}</td>' if numeric else f'<td class="{e(c)}">{e(v)}</td>'
-                 for c, v, numeric in zip(grid.columns, row, grid.numeric))
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</table>")
-    return parts
-
-
 def _html(name: str, store: str, header: str, notes: list[str], grids: list[_Grid],
           images: list[_Image], sections: _Sections) -> str:
-    e = html.escape
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             f"<title>rethink report: {e(name)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
-             f"<h1>rethink report: {e(name)}</h1>", f"<p>{e(header)}</p>",
-             f'<p class="meta">store {e(store)}, written {when}</p>']
-    if notes:
-        parts += ['<ul class="notes">', *(f"<li>{e(n)}</li>" for n in notes), "</ul>"]
-    parts += ["<h2>Settings</h2>", '<p class="meta">the grid as frozen in the store when the experiment was first '
-              "submitted</p>", f"<pre>{e(sections.settings.rstrip())}</pre>"]
-    if (recorded := _provenance_grid(sections.provenance)) is not None:
-        parts += ["<h2>Provenance</h2>", *_html_table(recorded)]
-    if grids:
-        parts.append("<h2>Tables</h2>")
-    for grid in grids:
-        parts += _html_table(grid)
-    if images:
-        parts.append("<h2>Figures</h2>")
-    for image in images:
-        data = base64.b64encode(image.png).decode("ascii")
-        also = " Also as " + ", ".join(f'<a href="{e(link)}">{e(link)}</a>' for link in image.links) + "." \
-            if image.links else ""
-        parts += ["<figure>", f'<img src="data:image/png;base64,{data}" alt="{e(image.stem)}">',
-                  f"<figcaption>{e(image.stem)}: {e(image.caption)}{also}</figcaption>", "</figure>"]
-    if sections.runs is not None:
-        parts += ["<h2>Runs</h2>", *_html_table(sections.runs)]
-    parts += ["</body>", "</html>", ""]
-    return "\n".join(parts)
+    """The page, from runner/templates/report.html.j2: every value autoescaped (text.render_html)."""
+    return render_html(TEMPLATE, name=name, store=store, header=header, notes=notes, grids=grids, images=images,
+                       settings=sections.settings.rstrip(), provenance=_provenance_grid(sections.provenance),
+                       runs=sections.runs, when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

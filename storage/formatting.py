@@ -1,6 +1,11 @@
 """How `rethink query` prints: DuckDB results as an aligned text table, CSV, JSON or Parquet,
 written batch by batch so a result of millions of rows never sits in memory as Python values.
-Every DuckDB type prints: a value Python cannot hold becomes DuckDB's own text for it."""
+Every DuckDB type prints: a value Python cannot hold becomes DuckDB's own text for it.
+
+A store's text is data, never terminal control (rethink/text.py): the table shows control
+characters visibly (`\x1b`), JSON writes them as `\u001b` escapes (the same string to a JSON
+reader), and CSV, which has no escapes, keeps the exact bytes for programs and files but shows
+them visibly when it is printed to a terminal (see `csv_chunks`)."""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ import csv
 import datetime as dt
 import decimal
 import io
-import json
 import math
+import sys
 from typing import IO, Any, Iterable, Iterator
 
 import duckdb
@@ -17,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rethink.storage.errors import QueryError
+from rethink.text import json_text
+from rethink.text import visible as show  # `visible` is a parameter name below: the column count
 
 TABLE_ROWS = 1000  # rows a `table` shows; the other formats give every row
 
@@ -142,7 +149,8 @@ def format_json(table: pa.Table) -> str:
 
 def table_text(batches: Iterable[pa.RecordBatch], visible: int, shadows: dict[int, int], max_rows: int,
                 schema: pa.Schema) -> str:
-    """The first `max_rows` rows aligned; the rest only counted, never held."""
+    """The first `max_rows` rows aligned; the rest only counted, never held. For the terminal:
+    control characters in values and names are shown visibly, never sent."""
     explain = schema.names[:visible] == ["explain_key", "explain_value"]  # EXPLAIN: the plan as drawn
     cells: list[list[str]] = [[] for _ in range(visible)]
     total = 0
@@ -153,13 +161,14 @@ def table_text(batches: Iterable[pa.RecordBatch], visible: int, shadows: dict[in
             for i, values in enumerate(_columns(part, visible, shadows)):
                 cells[i].extend(str(v) if explain else _cell(v) for v in values)
         total += batch.num_rows
-    if explain:
-        return "\n".join(cells[1])
+    if explain:  # the plan's own line breaks kept, anything else that acts shown
+        return "\n".join(show(line) for plan in cells[1] for line in plan.split("\n"))
     columns = []
     for field, column in zip(list(schema)[:visible], cells):
-        width = max([len(field.name), *(len(c) for c in column)])
+        name = show(field.name)
+        width = max([len(name), *(len(c) for c in column)])
         numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or pa.types.is_decimal(field.type)
-        columns.append(([field.name, "-" * width] + column, width, numeric))
+        columns.append(([name, "-" * width] + column, width, numeric))
     lines = []
     for i in range(min(total, max_rows) + 2):
         parts = [(col[i].rjust(w) if numeric and i > 1 else col[i].ljust(w)) for col, w, numeric in columns]
@@ -170,16 +179,23 @@ def table_text(batches: Iterable[pa.RecordBatch], visible: int, shadows: dict[in
 
 
 def csv_chunks(batches: Iterable[pa.RecordBatch], visible: int, shadows: dict[int, int],
-                names: list[str]) -> Iterator[str]:
-    """CSV text: the header, then each batch's rows as they come."""
+                names: list[str], terminal: bool = False) -> Iterator[str]:
+    """CSV text: the header, then each batch's rows as they come.
+
+    CSV is data for programs, and has no escapes: to a file or a pipe a value goes out byte for
+    byte (an error text with a newline or ESC reads back the same in pandas or DuckDB). Printed
+    to a terminal (`terminal`, which the caller knows), values and names have their control
+    characters shown visibly instead, like the table: there a person reads it, and an `ESC ]0;`
+    from the store would retitle the window or clear the screen."""
+    text = show if terminal else _same
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(names)
+    writer.writerow([text(n) for n in names])
     yield buf.getvalue()
     buf.seek(0)
     buf.truncate()
     for batch in batches:
-        columns = [[_plain(v) for v in values] for values in _columns(batch, visible, shadows)]
+        columns = [[text(_plain(v)) for v in values] for values in _columns(batch, visible, shadows)]
         writer.writerows(zip(*columns))
         del columns  # one batch of Python values at a time
         yield buf.getvalue()
@@ -187,17 +203,30 @@ def csv_chunks(batches: Iterable[pa.RecordBatch], visible: int, shadows: dict[in
         buf.truncate()
 
 
+def stdout_is_terminal() -> bool:
+    """Whether what goes to stdout reaches a person's terminal (not a file, pipe or closed fd)."""
+    try:
+        return sys.stdout is not None and sys.stdout.isatty()
+    except (ValueError, OSError):  # closed
+        return False
+
+
 def json_chunks(batches: Iterable[pa.RecordBatch], visible: int, shadows: dict[int, int],
                  names: list[str]) -> Iterator[str]:
-    """One JSON array of row objects, streamed: the same text as json.dumps(rows, indent=2)."""
+    """One JSON array of row objects, streamed: the same data as json.dumps(rows, indent=2),
+    with control characters as \\u escapes even where json.dumps leaves them (text.json_text)."""
     first = True
     for batch in batches:
         for row in zip(*_columns(batch, visible, shadows)):
             obj = {k: _json_value(v) for k, v in zip(names, row)}
-            text = json.dumps(obj, indent=2, ensure_ascii=False, default=str).replace("\n", "\n  ")
+            text = json_text(obj, indent=2, default=str).replace("\n", "\n  ")
             yield ("[\n  " if first else ",\n  ") + text
             first = False
     yield "[]" if first else "\n]"
+
+
+def _same(value: str) -> str:
+    return value
 
 
 def _cell(value: Any) -> str:
@@ -207,7 +236,7 @@ def _cell(value: Any) -> str:
         if math.isfinite(value) and (value == 0 or 1e-4 <= abs(value) < 1e15):
             return f"{value:.6f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.1f}"
         return f"{value:.6g}"
-    return _plain(value).replace("\n", " ")
+    return show(_plain(value).replace("\n", " "))
 
 
 def _plain(value: Any) -> str:
@@ -222,7 +251,7 @@ def _plain(value: Any) -> str:
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, (list, tuple, dict)):  # LIST, STRUCT, MAP: as JSON, which reads back
-        return json.dumps(_json_value(value), ensure_ascii=False, default=str)
+        return json_text(_json_value(value), default=str)
     return str(value)
 
 

@@ -184,7 +184,7 @@ def test_page_lists_settings_runs_and_the_provenance_the_view_has(store: Path, m
     page = result.html.read_text(encoding="utf-8")
     settings = page.split("<h2>Settings</h2>", 1)[1].split("<h2>", 1)[0]
     frozen = Store.open(store).experiment_grid("mem")
-    assert f"<pre>{html.escape(frozen.rstrip())}</pre>" in settings and "level: [0.5, 1.0]" in frozen
+    assert f"<pre>{frozen.rstrip()}</pre>" in html.unescape(settings) and "level: [0.5, 1.0]" in frozen
     runs = page.split("<h2>Runs</h2>", 1)[1]
     header = "".join(f"<th>{c}</th>" for c in ("run_id", "model", "corruption", "level", "regularizer", "seed",
                                                "status", "epochs_done", "final_train_acc", "final_test_acc", "error"))

@@ -26,8 +26,8 @@ import pyarrow as pa
 from rethink.errors import Interrupted, os_errors, path_error
 from rethink.storage import atomic
 from rethink.storage.errors import QueryError, ReadOnlyError
-from rethink.storage.formatting import (TABLE_ROWS, check_parquet, csv_chunks, json_chunks, printable, table_text,
-                                        write_parquet)
+from rethink.storage.formatting import (TABLE_ROWS, check_parquet, csv_chunks, json_chunks, printable, stdout_is_terminal,
+                                        table_text, write_parquet)
 from rethink.storage.reader import Reader
 from rethink.storage.views import check_read_only, one_line
 
@@ -79,7 +79,8 @@ def _run_once(con: duckdb.DuckDBPyConnection, sql: str, fmt: str, target: Path |
             if fmt == "table":
                 chunks: Iterable[str] = [table_text(batches, visible, shadows, TABLE_ROWS, reader.schema)]
             else:
-                chunks = (csv_chunks if fmt == "csv" else json_chunks)(batches, visible, shadows, names)
+                chunks = (csv_chunks(batches, visible, shadows, names, terminal=f is None and stdout_is_terminal())
+                          if fmt == "csv" else json_chunks(batches, visible, shadows, names))
             if f is None and echo is not None:
                 return _stream(chunks, echo)
             if f is None:

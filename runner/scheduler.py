@@ -10,10 +10,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rethink.errors import RethinkError
+from rethink.runner import watchdog
 from rethink.runner.grid import Resources
 from rethink.runner.outcomes import PackResult
 from rethink.runner.progress import Progress
@@ -81,7 +83,12 @@ def connect_ray(address: str | None, quiet: bool) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs = {"include_dashboard": False} if address == "local" else {}
     try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=not quiet, **kwargs)
+        # an embedded cluster is this driver's alone: a watchdog ends it when the driver ends
+        with watchdog.started() if address == "local" else nullcontext():
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=not quiet, **kwargs)
+            if address == "local":
+                node = getattr(ray._private.worker, "_global_node", None)
+                watchdog.tell(node.get_session_dir_path() if node is not None else None)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise RethinkError(f"cannot reach the Ray cluster at '{address}': {' '.join(str(exc).split())}") from None
     return True
@@ -118,7 +125,7 @@ def run_experiment(
         prepare()
     for run in lost:  # its rows are gone: it is not done, whatever its status said
         store.write_status(run.run_id, status=RunState.PENDING, stop_reason=StopReason.ROWS_LOST)
-        summary.notes.append(f"run {run.run_id}: marked done but its epoch rows are missing or unreadable; "
+        summary.notes.append(f"run {run.run_id}: marked done but its epoch rows are missing, unreadable or damaged; "
                              "trained again")
     task = ray.remote(pack_task).options(
         num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=_task_retries(), retry_exceptions=False
@@ -140,6 +147,7 @@ def run_experiment(
         tokens[ref] = token
 
     busy: list[RunSpec] = []
+    waits: dict[str, str] = {}  # run_id -> the holder last said to be training it (said once each)
     last_busy_check = 0.0
     try:
         with progress:
@@ -152,6 +160,7 @@ def run_experiment(
                     pack = in_flight.pop(ref)
                     for result in _results(ref, pack, store, tokens.pop(ref)):
                         _account(result, pack, summary, progress, busy)
+                store.check_lease()  # a driver that lost its lease to another stops here, in one line
                 if store.cancel_requested(name):
                     summary.cancelled = True
                     _wind_down(in_flight, pack_results=lambda ref, pack: [
@@ -159,7 +168,7 @@ def run_experiment(
                     break
                 if busy and time.monotonic() - last_busy_check > BUSY_RECHECK_S:
                     last_busy_check = time.monotonic()
-                    busy = _relaunch_free(store, busy, launch, summary, progress)
+                    busy = _relaunch_free(store, busy, launch, summary, progress, waits)
                 progress.refresh(store, [r for p in in_flight.values() for r in p])
                 progress.tick()
     except KeyboardInterrupt:
@@ -188,9 +197,12 @@ def _task_retries() -> int:
 
 
 def rows_intact(store: Store, run_id: str, status: dict) -> bool:
-    """A done run's epoch file is there, readable, and holds every epoch its status counts."""
-    rows = store.epoch_rows(run_id)
-    return rows is not None and rows > 0 and rows >= (status.get("epochs_done") or 0)
+    """A done run's epoch rows are there, read whole (a footer alone passes a corrupt page), are
+    its own, once per epoch, and every epoch its status counts (runner/damage.py)."""
+    from rethink.runner.damage import epochs_problem
+
+    done = status.get("epochs_done") or 0
+    return epochs_problem(store, run_id, done) is None and store.epoch_rows(run_id) not in (None, 0)
 
 
 def _shutdown(embedded: bool) -> None:
@@ -209,6 +221,7 @@ def _shutdown(embedded: bool) -> None:
 
         node._kill_process_type = kill
     ray.shutdown()
+    watchdog.stop()  # and whatever Ray left running is swept
 
 
 class Interrupted(RethinkError):
@@ -226,6 +239,7 @@ def _check_feasible(resources: Resources, owns_ray: bool) -> None:
         if want > have.get(key, 0):
             if owns_ray:
                 ray.shutdown()
+                watchdog.stop()
             raise RethinkError(
                 f"each task asks for {want:g} {key}s but the Ray cluster has {have.get(key, 0):g}; "
                 f"change the grid's resources (e.g. --set resources.{key.lower()}s=0) or join a bigger cluster"
@@ -282,19 +296,40 @@ def _account(result: PackResult, pack: list[RunSpec], summary: Summary, progress
     # CANCELLED: the run stays resumable; the loop notices the cancel request itself
 
 
-def _relaunch_free(store: Store, busy: list[RunSpec], launch, summary: Summary, progress: Progress) -> list[RunSpec]:
-    """Runs another process was training: done now → count them; given up → train them here."""
+def _relaunch_free(store: Store, busy: list[RunSpec], launch, summary: Summary, progress: Progress,
+                   waits: dict[str, str]) -> list[RunSpec]:
+    """Runs another process was training: done now → count them; given up → train them here.
+    While one is held, say once per holder whose it is and how long the wait may last (the
+    claim timeout after its last beat), so a resume never waits in silence."""
     still = []
     for run in busy:
         status = store.read_status(run.run_id) or {}
+        holder = None if status.get("status") == RunState.DONE else store.claim_holder(run.run_id)
         if status.get("status") == RunState.DONE:
             summary.skipped += 1
             progress.finished(run, ok=True)
-        elif store.claim_holder(run.run_id) is None:
+        elif holder is None:
+            waits.pop(run.run_id, None)
             launch([run])
         else:
             still.append(run)
+            who = f"{holder.get('host')} {holder.get('pid')} {holder.get('token')}"
+            if waits.get(run.run_id) != who:
+                waits[run.run_id] = who
+                progress.say(_held_line(store, run.run_id, holder))
     return still
+
+
+def _held_line(store: Store, run_id: str, holder: dict) -> str:
+    """'run ab12 is held by host H pid P (claim beat 12 s ago); waiting up to 588 s …'. The host
+    and pid come from the store: shown as text (text.one_line), never acted on."""
+    from rethink.storage.claims import CLAIM_TIMEOUT_S
+    from rethink.text import one_line
+
+    age = store.claim_age(run_id) or 0.0
+    host, pid = one_line(holder.get("host", "?"))[:80], one_line(holder.get("pid", "?"))[:20]
+    return (f"run {run_id[:8]} is held by host {host} pid {pid} (claim beat {age:.0f} s ago); waiting up to "
+            f"{max(0.0, CLAIM_TIMEOUT_S - age):.0f} s for it to finish or go stale")
 
 
 def _wind_down(in_flight: dict, pack_results) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from rethink.errors import RethinkError
+from rethink.runner.heartbeat import Heartbeat
 from rethink.runner.outcomes import PackResult
 from rethink.runner.writer import PackWriter
 from rethink.states import Outcome, RunState, StopReason
@@ -67,6 +68,7 @@ def run_pack(
                 resumed_from=start, phase="loading", train_acc=None, test_acc=None, **made_by,
             )
     writer = PackWriter(store, experiment, attempts, status, rows, watch)
+    heartbeat = Heartbeat(store, attempts)  # claims beat on a timer, however long an epoch takes
 
     def on_epoch(run_id: str, row: dict) -> None:
         if run_id in writer.stopped:
@@ -80,7 +82,7 @@ def run_pack(
 
     def on_end(outcome: RunOutcome) -> None:
         ended.add(outcome.run_id)
-        writer.end_run(outcome.run_id, lambda: _finish(store, writer, results[outcome.run_id], outcome))
+        writer.end_run(outcome.run_id, lambda: _finish(store, writer, heartbeat, results[outcome.run_id], outcome))
 
     specs = [spec for spec, _ in claimed]
     try:
@@ -100,6 +102,8 @@ def run_pack(
                 writer.close()
         except Exception as exc:  # a write failed: say so in every run not yet told, if the store lets us
             _fail_unfinished(store, results, [s.run_id for s in specs], _one_line(exc))
+        finally:
+            heartbeat.close()  # a Ray worker outlives its task: its thread must not
         _save_timings(watch, token, started_at, time.perf_counter() - started, len(specs))
     return list(results.values())
 
@@ -138,10 +142,11 @@ def _claim(store: Store, specs: list[RunSpec], token: str) -> tuple[dict[str, Pa
     return results, claimed
 
 
-def _finish(store: Store, writer: PackWriter, result: PackResult, outcome: RunOutcome) -> None:
+def _finish(store: Store, writer: PackWriter, heartbeat: Heartbeat, result: PackResult, outcome: RunOutcome) -> None:
     """On the writer's thread, after the run's last rows: its status, claim and checkpoints."""
     run_id = outcome.run_id
     stopped = writer.stopped.get(run_id)
+    heartbeat.drop(run_id)  # before the release: a beat never follows it
     if stopped == StopReason.TAKEN_OVER:  # another attempt owns the run now: its status is theirs
         result.outcome = Outcome.TAKEN_OVER
         return
@@ -187,6 +192,9 @@ def _resume_point(store: Store, spec: RunSpec) -> tuple[int, dict | None, list[d
     except DamagedFileError as exc:
         notes.append(str(exc))
         rows = []
+    if any(r.get("run_id") != run_id for r in rows) or len({r["epoch"] for r in rows}) < len(rows):
+        notes.append("its epoch file holds another run's rows or an epoch twice; redone from scratch")
+        rows = []  # rows that are not this run's, once each, cannot be carried on
     for epoch in reversed(store.checkpoint_epochs(run_id)):
         blob = store.read_checkpoint(run_id, epoch)
         try:

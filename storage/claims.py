@@ -32,11 +32,17 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def beat_interval() -> float:
+    """How often a live owner refreshes its claims and lease: a tenth of the claim timeout."""
+    return CLAIM_TIMEOUT_S / 10
+
+
 class Claims:
     """The claim and lease methods of `Store`; they use its files (read, write, listdir, ...)."""
 
     objects: S3Objects | None
     _beats: dict[str, float]
+    _lease_lost: str | None = None  # why the driver lease was lost, once it was
 
     def claim(self, run_id: str, token: str) -> int | None:
         """Take the run for this task (identified by `token`). Returns the attempt number, or None
@@ -65,26 +71,39 @@ class Claims:
         self._beat(paths.claim(attempt))
         return True
 
-    def _beat(self, relative: str) -> None:
+    def beat(self, run_id: str, attempt: int) -> bool:
+        """Refresh the claim's heartbeat now, whatever the epoch length (the worker's heartbeat
+        thread calls this every beat_interval()): False, and nothing written, once a later attempt has
+        taken the run over or the claim was released."""
+        paths = RunPaths(run_id)
+        if any(a is not None and a > attempt for a in map(attempt_of, self.listdir(paths.claims))):
+            return False
+        return self._beat(paths.claim(attempt), force=True)
+
+    def _beat(self, relative: str, force: bool = False) -> bool:
         """Move the claim's mtime, by which others judge it live. Locally a utime; on S3 the
         claim is rewritten with a `beat` time by a PUT conditional on the version just read, so a
         release (or any other write) in between is never overwritten; a released or damaged
-        claim is left as it is."""
+        claim there is left as it is (False). Unless `force`d, an object store's
+        claim is rewritten at most every beat_interval()."""
         if self.local:
+            if self._read_claim(relative).get("released"):
+                return False
             self.files.touch(relative)  # type: ignore[attr-defined]  # storage/localfs.py: no link followed
-            return
-        if time.monotonic() - self._beats.get(relative, -float("inf")) < CLAIM_TIMEOUT_S / 10:
-            return
+            return True
+        if not force and time.monotonic() - self._beats.get(relative, -float("inf")) < beat_interval():
+            return True
         self._beats[relative] = time.monotonic()
         if self.objects is not None:
             found = self.objects.get(self.path(relative))
             owner = parse_owner(found[0]) if found else {}
-            if owner and not owner.get("released"):
-                self.objects.replace(self.path(relative), _beating(owner), etag=found[1])
-            return
+            return bool(owner) and not owner.get("released") and self.objects.replace(
+                self.path(relative), _beating(owner), etag=found[1])
         owner = self._read_claim(relative)  # no conditional put: safe under the one driver's lease
-        if owner and not owner.get("released"):
-            self.write(relative, _beating(owner))
+        if not owner or owner.get("released"):
+            return False
+        self.write(relative, _beating(owner))
+        return True
 
     def release(self, run_id: str, attempt: int) -> None:
         """Mark the run's claim as given up (done, failed or cancelled), keeping its number."""
@@ -113,6 +132,15 @@ class Claims:
         if not attempts or self._stale(paths.claim(max(attempts)), token=None):
             return None
         return self._read_claim(paths.claim(max(attempts)))
+
+    def claim_age(self, run_id: str) -> float | None:
+        """Seconds since the run's newest claim last beat (its mtime); None when it has none."""
+        paths = RunPaths(run_id)
+        attempts = [a for a in map(attempt_of, self.listdir(paths.claims)) if a is not None]
+        if not attempts:
+            return None
+        info = self._info(self.path(paths.claim(max(attempts))))
+        return max(0.0, time.time() - info.mtime.timestamp()) if info.mtime else None
 
     def _stale(self, relative: str, token: str | None) -> bool:
         owner = self._read_claim(relative)
@@ -165,12 +193,22 @@ class Claims:
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(CLAIM_TIMEOUT_S / 10):
+            """Refresh the lease while it is still ours. A driver paused past the timeout (a
+            stopped process, a suspended laptop) may come back to find another driver's lease:
+            then it stops beating, never overwriting it, and the scheduler stops (check_lease)."""
+            while not stop.wait(beat_interval()):
                 try:
+                    held = self._read_claim(DRIVER_LEASE)
+                    if held.get("token") != token:
+                        self._lease_lost = (f"lost the store's driver lease to host {held.get('host')} pid "
+                                            f"{held.get('pid')} (this driver was silent longer than "
+                                            f"{CLAIM_TIMEOUT_S:g} s); stopped. `rethink resume` when that driver ends")
+                        return
                     self.write(DRIVER_LEASE, _beating(owner))
                 except Exception:  # noqa: BLE001 - retried next beat; stale only after CLAIM_TIMEOUT_S
                     continue
 
+        self._lease_lost = None
         beating = threading.Thread(target=beat, name="rethink-driver-lease", daemon=True)
         beating.start()
         try:
@@ -178,8 +216,16 @@ class Claims:
         finally:
             stop.set()
             beating.join()
-            if self._read_claim(DRIVER_LEASE).get("token") == token:
+            if self._lease_lost is None and self._read_claim(DRIVER_LEASE).get("token") == token:
                 self.delete(DRIVER_LEASE)
+        self.check_lease()
+
+    def check_lease(self) -> None:
+        """Raise the one-line StoreError of a driver lease lost to another driver, if it was; the
+        scheduler calls this every second, so a driver that lost its lease stops at once."""
+        lost = getattr(self, "_lease_lost", None)
+        if lost is not None:
+            raise StoreError(lost)
 
 
 def parse_owner(blob: bytes) -> dict:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from typing import Iterator
-from urllib.parse import parse_qs, urlsplit
 
+from rethink.storage import uri as store_uri
 from rethink.storage.store import StoreError
 
 CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
@@ -27,39 +27,45 @@ class S3Objects:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._client = None
+        self._query = dict(reversed(store_uri.query_pairs(uri)))  # the first of a repeated key, as pyarrow
+        self._seconds = store_uri.timeout_s()
+        self._remote = store_uri.Remote("S3", self._query.get("endpoint_override") or "s3.amazonaws.com",
+                                        "endpoint_override")
 
     @property
     def client(self):
         """A boto3 S3 client for the URI pyarrow took: its endpoint_override and scheme, its region
-        (the `region` parameter, else AWS_REGION / AWS_DEFAULT_REGION), credentials from boto3's
-        usual chain (environment, profile, instance role). Made once, on first use."""
+        (the `region` parameter, else AWS_REGION / AWS_DEFAULT_REGION), its CA file, credentials from
+        boto3's usual chain (environment, profile, instance role), and the same bounded waits and tries
+        as the store's pyarrow filesystem (storage/uri.py). Made once, on first use."""
         if self._client is None:
             import boto3
             from botocore.config import Config
 
-            query = {k: v[-1] for k, v in parse_qs(urlsplit(self.uri).query).items()}
-            endpoint = query.get("endpoint_override")
+            query, seconds = self._query, self._seconds
+            endpoint = query.get("endpoint_override") or None
             if endpoint and "://" not in endpoint:
-                endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
+                endpoint = f"{query.get('scheme') or 'https'}://{endpoint}"
             region = query.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-            config = Config(retries={"mode": "standard"},  # path-style, as pyarrow does with an endpoint
-                            s3={"addressing_style": "path"} if endpoint else {})
+            config = Config(connect_timeout=seconds, read_timeout=seconds,  # a silent endpoint: ~3 waits
+                            retries={"mode": "standard", "max_attempts": store_uri.ATTEMPTS},
+                            s3={"addressing_style": "path"} if endpoint else {})  # path-style, as pyarrow does
             self._client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region,
-                                                          config=config)
+                                                          config=config, verify=query.get("tls_ca_file_path"))
         return self._client
 
     def put(self, path: str, data: bytes) -> str:
         """Write `data` to `path` in one PUT (readers see the old object or the new, never half);
         returns the new ETag."""
         bucket, key = _split(path)
-        with _errors("write", path):
+        with self._errors("write", path):
             return self.client.put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
 
     def create(self, path: str, data: bytes) -> bool:
         """Create `path` only when absent: True for the one writer that made it. A conflict whose
         object holds exactly `data` is ours (a retried PUT whose first answer was lost)."""
         bucket, key = _split(path)
-        with _errors("create", path):
+        with self._errors("create", path):
             try:
                 self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
                 return True
@@ -74,14 +80,14 @@ class S3Objects:
         delete_file also checks the parent "folder" and writes an empty marker object for it,
         requests that compaction would pay once per deleted run file."""
         bucket, key = _split(path)
-        with _errors("delete", path):
+        with self._errors("delete", path):
             self.client.delete_object(Bucket=bucket, Key=key)
 
     def replace(self, path: str, data: bytes, etag: str) -> bool:
         """Overwrite `path` only while it is still the version `etag`: False when anyone wrote it
         since (or deleted it), and then nothing is written."""
         bucket, key = _split(path)
-        with _errors("write", path):
+        with self._errors("write", path):
             try:
                 self.client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=etag)
                 return True
@@ -93,7 +99,7 @@ class S3Objects:
     def get(self, path: str) -> tuple[bytes, str] | None:
         """The object's bytes and ETag, or None when there is none."""
         bucket, key = _split(path)
-        with _errors("read", path):
+        with self._errors("read", path):
             try:
                 answer = self.client.get_object(Bucket=bucket, Key=key)
             except Exception as exc:
@@ -101,6 +107,33 @@ class S3Objects:
                     return None
                 raise
             return answer["Body"].read(), answer["ETag"]
+
+    @contextmanager
+    def _errors(self, doing: str, path: str) -> Iterator[None]:
+        """botocore's errors (credentials, bucket, network, a server without conditional writes) as
+        one StoreError line naming the object and what to do; nothing credential-shaped quoted."""
+        try:
+            yield
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("botocore", "boto3", "urllib3")):
+                raise
+            raise StoreError(f"cannot {doing} s3://{path}: {self._hint(exc)}") from None
+
+    def _hint(self, exc: BaseException) -> str:
+        code = _code(exc)
+        if code == "NotImplemented" or _status(exc) == 501:
+            return ("the server does not support conditional writes (If-None-Match, If-Match); "
+                    "use AWS S3, MinIO or SeaweedFS")
+        if code == "NoSuchBucket":
+            return "the bucket does not exist; create it first"
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or _status(exc) == 403:
+            return "access denied; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        if type(exc).__name__ == "NoCredentialsError":
+            return "no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        failure = store_uri.network_failure(exc)
+        if failure:
+            return store_uri.unreachable(self._remote, failure, self._seconds)
+        return store_uri.describe(exc)
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -127,27 +160,3 @@ def _conflict(exc: BaseException) -> bool:
 
 def _missing(exc: BaseException) -> bool:
     return _code(exc) in ("NoSuchKey", "404") or _status(exc) == 404
-
-
-@contextmanager
-def _errors(doing: str, path: str) -> Iterator[None]:
-    """botocore's errors (credentials, bucket, network, a server without conditional writes) as
-    one StoreError line naming the object and what to do."""
-    try:
-        yield
-    except Exception as exc:
-        if not type(exc).__module__.startswith(("botocore", "boto3", "urllib3")):
-            raise
-        code = _code(exc)
-        if code == "NotImplemented" or _status(exc) == 501:
-            hint = ("the server does not support conditional writes (If-None-Match, If-Match); "
-                    "use AWS S3, MinIO or SeaweedFS")
-        elif code == "NoSuchBucket":
-            hint = "the bucket does not exist; create it first"
-        elif code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or _status(exc) == 403:
-            hint = "access denied; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        elif type(exc).__name__ == "NoCredentialsError":
-            hint = "no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        else:
-            hint = " ".join(str(exc).split())
-        raise StoreError(f"cannot {doing} s3://{path}: {hint}") from None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from rethink.storage.errors import DamagedFileError, StoreError
 from rethink.storage.layout import DRIVER_LEASE, RunPaths, attempt_of
+from rethink.text import one_line
 
 if TYPE_CHECKING:
     from rethink.storage.objectstore import S3Objects
@@ -200,8 +201,8 @@ class Claims:
                 try:
                     held = self._read_claim(DRIVER_LEASE)
                     if held.get("token") != token:
-                        self._lease_lost = (f"lost the store's driver lease to host {held.get('host')} pid "
-                                            f"{held.get('pid')} (this driver was silent longer than "
+                        self._lease_lost = (f"lost the store's driver lease to host {one_line(held.get('host'))[:80]} "
+                                            f"pid {one_line(held.get('pid'))[:20]} (this driver was silent longer than "
                                             f"{CLAIM_TIMEOUT_S:g} s); stopped. `rethink resume` when that driver ends")
                         return
                     self.write(DRIVER_LEASE, _beating(owner))

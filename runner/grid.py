@@ -23,6 +23,7 @@ from rethink.runner.gridfile import (
     Map, Problems, Skip, coerce, load_value, load_yaml, read_grid_text, to_float, to_text,
 )
 from rethink.storage.layout import check_name
+from rethink.storage.limits import MAX_GRID_RUNS
 from rethink.tasks.spec import (
     CORRUPTIONS, IMAGE_KINDS, LABEL_KINDS, CorruptionSpec, DataSpec, RegularizerSpec, RunSpec, TrainSpec,
     parse_corruption, parse_regularizer, regularizer_from_mapping,
@@ -81,7 +82,35 @@ def parse_grid(text: str, overrides: dict[str, object] | None = None, source: st
         if key not in TOP_KEYS:
             problems.add(raw, key, f"unknown key '{key}'; valid: {', '.join(TOP_KEYS)}")
     raw = _apply_overrides(raw, overrides or {}, problems)
+    count = count_runs(raw)
+    if count > MAX_GRID_RUNS:
+        raise SpecError(f"{source}: this grid makes {count:,} runs, past rethink's limit of {MAX_GRID_RUNS:,} "
+                        "a grid; split it into several grids")
     return _resolve(raw, problems, overrides or {})
+
+
+def count_runs(raw: dict) -> int:
+    """How many runs the grid's axes make, counted from the YAML before anything is expanded or
+    checked (a 27-million-run product would take minutes and gigabytes to expand): the product of
+    the axes, where a model entry counts its own width x init_scale and a regularizer mapping the
+    product of its lists. Duplicates, refused later, count too."""
+    def size(value: Any) -> int:  # an empty axis is reported later; counted as one it hides no product
+        return max(len(value), 1) if isinstance(value, list) else 1
+
+    def axis(key: str) -> int:
+        return size(raw[key]) if key in raw else len(DEFAULTS[key])
+
+    widths, scales = axis("width"), axis("init_scale")
+    models = corruptions = regularizers = 0
+    for value in raw["model"] if isinstance(raw.get("model"), list) else [raw.get("model")]:
+        own = value if isinstance(value, dict) else {}
+        models += (size(own["width"]) if "width" in own else widths) * \
+            (size(own["init_scale"]) if "init_scale" in own else scales)
+    for value in raw["corruption"] if isinstance(raw.get("corruption"), list) else [raw.get("corruption")]:
+        corruptions += size(value.get("level")) if isinstance(value, dict) else 1
+    for value in raw["regularizer"] if isinstance(raw.get("regularizer"), list) else [raw.get("regularizer")]:
+        regularizers += math.prod(size(v) for v in value.values()) if isinstance(value, dict) else 1
+    return axis("dataset") * max(models, 1) * max(corruptions, 1) * max(regularizers, 1) * axis("seed")
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:

@@ -3,15 +3,18 @@ report where it stands. cli.py calls these and prints what they return."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
+from rethink.runner.damage import usable_specs
 from rethink.runner.grid import Grid, parse_grid, run_row
 from rethink.runner.scheduler import Summary, run_experiment
-from rethink.storage.store import Store
+from rethink.storage.layout import ExperimentPaths
+from rethink.storage.schema import EXPERIMENT_RUNS
+from rethink.storage.store import DamagedFileError, Store, StoreError
 from rethink.tasks.spec import RunSpec
+from rethink.text import one_line
 
 
 def submit(
@@ -40,15 +43,35 @@ def resume(
     store = Store.open(store_uri)
     text = store.experiment_grid(name)
     grid = parse_grid(text, source=f"{name}/grid.yaml")
-    rows = store.experiment_rows(name)
-    if not rows:  # the submit that froze the grid died before its run list: complete it from the grid
-        store.save_experiment(name, text, [run_row(name, run) for run in grid.runs])
-        rows = store.experiment_rows(name)
-    runs = [RunSpec.from_dict(json.loads(row["config"])) for row in rows]
+    runs, unusable = _run_list(store, name, text, grid)
     store.clear_cancel(name)
     with store.driver_lease():
-        return _compacted(store, name, run_experiment(
+        summary = _compacted(store, name, run_experiment(
             store, name, runs, grid.resources, data_dir, address=address, quiet=quiet, pack_size=pack_size))
+    summary.failed += len(unusable)  # named, one line each, and the exit is not 0
+    summary.errors.update({run_id: f"not resumed: {why}" for run_id, why in unusable.items()})
+    return summary
+
+
+def _run_list(store: Store, name: str, text: str, grid: Grid) -> tuple[list[RunSpec], dict[str, str]]:
+    """The runs to resume, and {run id: why not} for rows of the run list that cannot be trusted
+    (runner/damage.py). A run list that is absent (the submit that froze the grid died first) or
+    not Parquet is written again from the frozen grid, which makes the same rows."""
+    try:
+        rows = store.experiment_rows(name)
+    except DamagedFileError as exc:
+        print(f"note: {one_line(exc)}; written again from {name}'s frozen grid", file=sys.stderr)
+        rows = []
+        store.write_table(ExperimentPaths(name).runs, [run_row(name, run) for run in grid.runs], EXPERIMENT_RUNS)
+    if not rows:
+        store.save_experiment(name, text, [run_row(name, run) for run in grid.runs])
+        rows = store.experiment_rows(name)
+    runs, unusable = usable_specs(rows)
+    if not runs:
+        first, why = next(iter(unusable.items()), ("", "its run list is empty"))
+        raise StoreError(f"nothing of experiment '{name}' can be resumed: run {one_line(first)}: {one_line(why)}"
+                         + (f" (and {len(unusable) - 1} more)" if len(unusable) > 1 else ""))
+    return runs, unusable
 
 
 def _compacted(store: Store, name: str, summary: Summary) -> Summary:

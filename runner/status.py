@@ -12,10 +12,12 @@ from rich.table import Table
 from rich.text import Text
 
 from rethink.errors import RethinkError
+from rethink.runner.damage import config_problem, epochs_problem
 from rethink.states import RunState
 from rethink.storage.errors import QueryError
 from rethink.storage.reader import Reader
-from rethink.storage.store import Store
+from rethink.storage.store import DamagedFileError, Store
+from rethink.text import one_line, rich_text
 
 STATES = tuple(RunState)
 
@@ -27,7 +29,7 @@ def status_tables(store_uri: str, name: str | None = None) -> list[Table | Text]
         store.experiment_grid(name)  # one clear line when there is no such experiment
     if not names:
         raise RethinkError(f"store '{store_uri}' has no experiments yet; `rethink submit GRID.yaml` starts one")
-    counts = Table(title=f"runs in {store_uri}", title_justify="left")
+    counts = Table(title=rich_text(f"runs in {store_uri}"), title_justify="left")
     for column in ("experiment", *STATES, "total", "epochs"):
         counts.add_column(str(column), justify="left" if column == "experiment" else "right")
     failed = Table(title="failed runs", title_justify="left")
@@ -37,14 +39,16 @@ def status_tables(store_uri: str, name: str | None = None) -> list[Table | Text]
     try:  # every experiment's rows first: a retry (files of an older schema) starts afresh
         seen = Reader(store).run(lambda db: _read_views(db, names), summaries=False)
     except QueryError as exc:  # a damaged file the views cannot read: count from the status files
-        notes = [f"the epoch rows cannot all be read ({exc}); counts come from the runs' status files"]
+        notes = [f"the store's rows cannot all be read ({exc}); counts come from the runs' status files"]
         for experiment in names:
             _from_status_files(store, experiment, counts, failed, notes)
     else:
         for experiment in names:
             _show_views(seen[experiment], store, experiment, counts, failed, notes)
+        for experiment in names:
+            _note_configs(store, experiment, notes)
     out: list[Table | Text] = [counts, failed] if failed.row_count else [counts]
-    return out + [Text(f"note: {note}") for note in notes]
+    return out + [rich_text(f"note: {one_line(note)}") for note in notes]
 
 
 @dataclass
@@ -57,6 +61,8 @@ class _Views:
     failed: list[tuple] = field(default_factory=list)  # run_id, model, corruption, level, seed, attempts, error
     running: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # done runs with fewer epoch rows than epochs done
+    twice: list[str] = field(default_factory=list)  # runs whose file holds an epoch more than once
+    foreign: list[str] = field(default_factory=list)  # runs whose file holds rows of another run
     versions: set[str] = field(default_factory=set)  # the code versions its runs record
 
 
@@ -66,6 +72,8 @@ class _Views:
 _COUNTS = """SELECT experiment, status, count(*), sum(coalesce(epochs_done, 0)), sum(epochs),
        list(run_id ORDER BY run_id) FILTER (WHERE status = 'running'),
        list(run_id ORDER BY run_id) FILTER (WHERE status = 'done' AND coalesce(epoch_rows, 0) < epochs_done),
+       list(run_id ORDER BY run_id) FILTER (WHERE duplicate_rows > 0),
+       list(run_id ORDER BY run_id) FILTER (WHERE foreign_rows > 0),
        list(DISTINCT coalesce(git_commit, rethink_version)) FILTER (WHERE rethink_version IS NOT NULL),
        list([run_id, model, corruption, level::VARCHAR, seed::VARCHAR, attempts::VARCHAR, error] ORDER BY run_id)
            FILTER (WHERE status = 'failed')
@@ -74,7 +82,7 @@ FROM runs WHERE list_contains(?::VARCHAR[], experiment) GROUP BY experiment, sta
 
 def _read_views(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, _Views]:
     seen = {name: _Views() for name in names}
-    for experiment, state, runs, done, planned, running, lost, versions, failed in db.execute(
+    for experiment, state, runs, done, planned, running, lost, twice, foreign, versions, failed in db.execute(
             _COUNTS, [names]).fetchall():
         views = seen[experiment]
         views.states[state] = runs
@@ -83,6 +91,8 @@ def _read_views(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, _V
             views.planned = (views.planned or 0) + planned
         views.running += running or []
         views.lost += lost or []
+        views.twice += twice or []
+        views.foreign += foreign or []
         views.versions.update(versions or [])
         views.failed += [tuple(row) for row in failed or []]
     return seen
@@ -91,15 +101,21 @@ def _read_views(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, _V
 def _show_views(views: _Views, store: Store, experiment: str, counts: Table, failed: Table,
                 notes: list[str]) -> None:
     rows = views.states
-    counts.add_row(experiment, *(str(rows.get(s, 0)) for s in STATES), str(sum(rows.values())),
+    counts.add_row(rich_text(experiment), *(str(rows.get(s, 0)) for s in STATES), str(sum(rows.values())),
                    f"{views.done}/{views.planned}")
     for row in views.failed:
-        failed.add_row(experiment, *("" if v is None else str(v) for v in row))
+        failed.add_row(rich_text(experiment), *(rich_text(one_line("" if v is None else v)) for v in row))
     _note_orphans(store, experiment, views.running, notes)
     lost, versions = views.lost, sorted(views.versions)
     if lost:
         notes.append(f"{experiment}: {_some(lost)} marked done but missing epoch rows; "
                      f"`rethink resume {experiment}` trains them again")
+    if views.twice:
+        notes.append(f"{experiment}: {_some(views.twice)} damaged: an epoch file holds an epoch twice (duplicate "
+                     f"rows; the views count each once); `rethink resume {experiment}` rewrites them")
+    if views.foreign:
+        notes.append(f"{experiment}: {_some(views.foreign)} damaged: an epoch file holds rows of another run "
+                     f"(the views leave them out); `rethink resume {experiment}` rewrites them")
     if len(versions) > 1:
         notes.append(f"{experiment}: its runs come from {len(versions)} code versions ({', '.join(versions)}); "
                      "compare them with `rethink query \"select git_commit, rethink_version, count(*) from runs "
@@ -108,9 +124,15 @@ def _show_views(views: _Views, store: Store, experiment: str, counts: Table, fai
 
 def _from_status_files(store: Store, experiment: str, counts: Table, failed: Table, notes: list[str]) -> None:
     """Counts without SQL: one status file per run (slower, but reads no epoch rows)."""
-    configs = store.experiment_rows(experiment)
+    try:
+        configs = store.experiment_rows(experiment)
+    except DamagedFileError as exc:
+        counts.add_row(rich_text(experiment), *("?" for _ in STATES), "?", "?")
+        notes.append(f"{experiment}: its run list cannot be read ({exc}); `rethink resume {experiment}` "
+                     "writes it again from the frozen grid")
+        return
     tally = {s: 0 for s in STATES}
-    done_epochs, running, lost = 0, [], []
+    done_epochs, running = 0, []
     for row in configs:
         status = store.read_status(row["run_id"]) or {}
         state = RunState(status.get("status") or RunState.PENDING)
@@ -118,17 +140,35 @@ def _from_status_files(store: Store, experiment: str, counts: Table, failed: Tab
         done_epochs += status.get("epochs_done") or 0
         if state == RunState.RUNNING:
             running.append(row["run_id"])
-        if state == RunState.DONE and store.epoch_rows(row["run_id"]) is None:
-            lost.append(row["run_id"])
+        # a run not done may lag its status by an epoch: only damage is noted for it, not loss
+        problem = epochs_problem(store, row["run_id"], (status.get("epochs_done") or 0) if state == RunState.DONE else 0)
+        if problem is not None:
+            notes.append(f"{experiment}: run {row['run_id']} damaged: {problem}; "
+                         f"`rethink resume {experiment}` trains it again")
         if state == RunState.FAILED:
-            failed.add_row(experiment, row["run_id"], row["model"], row["corruption"], str(row["level"]),
-                           str(row["seed"]), str(status.get("attempts") or 0), status.get("error") or "")
+            failed.add_row(*(rich_text(one_line(v)) for v in (
+                experiment, row["run_id"], row["model"], row["corruption"], row["level"], row["seed"],
+                status.get("attempts") or 0, status.get("error") or "")))
     total = sum(row["epochs"] for row in configs)
-    counts.add_row(experiment, *(str(tally[s]) for s in STATES), str(len(configs)), f"{done_epochs}/{total}")
+    counts.add_row(rich_text(experiment), *(str(tally[s]) for s in STATES), str(len(configs)),
+                   f"{done_epochs}/{total}")
     _note_orphans(store, experiment, running, notes)
-    if lost:
-        notes.append(f"{experiment}: {_some(lost)} marked done but with missing or unreadable epoch rows; "
-                     f"`rethink resume {experiment}` trains them again")
+    _note_configs(store, experiment, notes, configs)
+
+
+def _note_configs(store: Store, experiment: str, notes: list[str], rows: list[dict] | None = None) -> None:
+    """One note per run-list row that cannot be trusted (runner/damage.py), and one for a run
+    list that cannot be read at all."""
+    try:
+        rows = store.experiment_rows(experiment) if rows is None else rows
+    except DamagedFileError as exc:
+        notes.append(f"{experiment}: its run list cannot be read ({exc}); `rethink resume {experiment}` "
+                     "writes it again from the frozen grid")
+        return
+    for row in rows:
+        problem = config_problem(row)
+        if problem is not None:
+            notes.append(f"{experiment}: run {row.get('run_id')} damaged: {problem}; resume cannot train it")
 
 
 def _note_orphans(store: Store, experiment: str, running: list[str], notes: list[str]) -> None:

@@ -60,6 +60,10 @@ class Scan:
                 select = self._remote(con, source.glob, table_schema)
             if select is None:
                 continue
+            if self.folder is not None and split(source.glob)[1].startswith("run_id="):
+                # which run's file each row is in (views.py: the path wins over the column)
+                select = (f"SELECT * EXCLUDE (filename), split_part(filename, '/', -2)[8:] AS file_run_id FROM "
+                          f"({select.replace('hive_partitioning = false)', 'hive_partitioning = false, filename = true)')})")
             if source.exclude:
                 runs = ", ".join(literal(run_id) for run_id in sorted(source.exclude))
                 select = f"SELECT * FROM ({select}) WHERE run_id NOT IN ({runs})"

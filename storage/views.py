@@ -49,21 +49,26 @@ state AS (                  -- runs/*/status.parquet: where each run stands
     FROM ({status})
     GROUP BY run_id
 ),
-per_run AS (                -- one pass over the epoch rows
-    SELECT run_id,
-           max(epoch) AS epochs_done, count(*) AS epoch_rows,{fit_columns}
-           arg_max(train_acc, epoch) AS final_train_acc,
-           arg_max(test_acc, epoch) AS final_test_acc,
-           max(test_acc) AS best_test_acc,
-           arg_max(coalesce(gap, train_acc - test_acc), epoch) AS final_gap
-    FROM epochs
-    GROUP BY run_id
+per_run AS (                -- one pass over the epoch rows, by the run whose file holds them
+    SELECT file_run_id AS run_id,
+           max(epoch) FILTER (WHERE run_id = file_run_id) AS epochs_done,
+           count(*) FILTER (WHERE run_id = file_run_id) AS epoch_rows,
+           sum(copies - 1) FILTER (WHERE run_id = file_run_id) AS duplicate_rows,
+           sum(copies) FILTER (WHERE run_id <> file_run_id) AS foreign_rows,{fit_columns}
+           arg_max(train_acc, epoch) FILTER (WHERE run_id = file_run_id) AS final_train_acc,
+           arg_max(test_acc, epoch) FILTER (WHERE run_id = file_run_id) AS final_test_acc,
+           max(test_acc) FILTER (WHERE run_id = file_run_id) AS best_test_acc,
+           arg_max(coalesce(gap, train_acc - test_acc), epoch) FILTER (WHERE run_id = file_run_id) AS final_gap
+    FROM epoch_copies
+    GROUP BY file_run_id
 ),
 progress AS (               -- each config beside its run's epochs (grouped: see above)
     SELECT c.run_id, c.experiment,
            any_value(COLUMNS(c.* EXCLUDE (run_id, experiment, config))),
            any_value(p.epochs_done) AS epochs_done,
            any_value(p.epoch_rows) AS epoch_rows,
+           any_value(p.duplicate_rows) AS duplicate_rows,
+           any_value(p.foreign_rows) AS foreign_rows,
            any_value({epochs_to_fit}) AS epochs_to_fit,
            any_value({steps_to_fit}) AS steps_to_fit,
            any_value(p.final_train_acc) AS final_train_acc,
@@ -75,18 +80,48 @@ progress AS (               -- each config beside its run's epochs (grouped: see
     LEFT JOIN per_run p ON p.run_id = c.run_id
     GROUP BY c.run_id, c.experiment
 )
-SELECT p.* EXCLUDE (epochs_done, epoch_rows, epochs_to_fit, steps_to_fit, final_train_acc, final_test_acc,
+SELECT p.* EXCLUDE (epochs_done, epoch_rows, duplicate_rows, foreign_rows, epochs_to_fit, steps_to_fit, final_train_acc, final_test_acc,
                     best_test_acc, final_gap, config),
        coalesce(s.status, 'pending') AS status,
        coalesce(s.attempts, 0) AS attempts,
-       coalesce(p.epochs_done, s.epochs_done, 0) AS epochs_done,
+       -- a done run's status counts its epochs too: rows fewer than that are rows lost
+       coalesce(CASE WHEN s.status = 'done' THEN greatest(p.epochs_done, s.epochs_done) END,
+                p.epochs_done, s.epochs_done, 0) AS epochs_done,
        coalesce(p.epoch_rows, 0) AS epoch_rows,  -- rows in the store (fewer than epochs_done: rows lost)
+       coalesce(p.duplicate_rows, 0) AS duplicate_rows,  -- extra copies of an epoch in its file (damage)
+       coalesce(p.foreign_rows, 0) AS foreign_rows,  -- rows of other runs in its file (damage)
        p.epochs_to_fit, p.steps_to_fit,
        p.final_train_acc, p.final_test_acc, p.best_test_acc, p.final_gap,
        s.stop_reason, s.error, s.started_at, s.finished_at,
        s.rethink_version, s.git_commit, s.torch_version, s.cuda_version, s.device, p.config
 FROM progress p
 LEFT JOIN state s ON s.run_id = p.run_id
+"""
+
+
+# Every (run, epoch) once, as the views count it. A row belongs to the run whose file holds it
+# (`file_run_id`: the path `epochs/run_id=ID/` of a per-run file; a part's rows are the runs its
+# footer lists, so there the column stands): the layout is what rethink wrote where, while a
+# run_id column that disagrees with its file is a copied or mis-merged file, and counting it for
+# the run it names would count that run's epochs twice or invent epochs it never trained. So
+# `epochs` keeps only a file's own rows, and `runs` counts the others as `foreign_rows`. Copies
+# of one epoch in a file (an append, a hand merge) are kept once: the one with the most steps,
+# then the latest wall time (copies equal in both are one measurement written twice), the rest
+# counted as `duplicate_rows`. A window on (run, epoch) costs little next to reading the files
+# (bench/store_query.py: see the README).
+EPOCH_COPIES_SQL = """
+CREATE OR REPLACE VIEW epoch_copies AS
+SELECT *, count(*) OVER (PARTITION BY file_run_id, run_id, epoch) AS copies
+FROM (SELECT * EXCLUDE (file_run_id), coalesce(file_run_id, run_id) AS file_run_id
+      FROM (SELECT *, CAST(NULL AS VARCHAR) AS file_run_id FROM ({empty})
+            UNION ALL BY NAME
+            {{rows}}))
+QUALIFY row_number() OVER (PARTITION BY file_run_id, run_id, epoch ORDER BY step DESC, wall_s DESC) = 1
+""".format(empty=empty(schema.EPOCHS))
+
+EPOCHS_SQL = """
+CREATE VIEW epochs AS
+SELECT * EXCLUDE (file_run_id, copies) FROM epoch_copies WHERE run_id = file_run_id
 """
 
 
@@ -108,11 +143,12 @@ def create_views(con: duckdb.DuckDBPyConnection, epochs: str, config: str, statu
     first, then the two are replaced: they bind again at each query anyway. The views fit the
     store as it was then (which tables have files, the fit thresholds its experiments use):
     connect again to see experiments submitted since."""
-    con.execute(f"CREATE VIEW epochs AS {empty(schema.EPOCHS)}")
+    con.execute(EPOCH_COPIES_SQL.format(rows=empty(schema.EPOCHS)))
+    con.execute(EPOCHS_SQL)
     con.execute(RUNS_SQL.format(config=empty(schema.EXPERIMENT_RUNS), status=empty(schema.STATUS), **_fit_sql([])))
     if summaries:  # memorization, fit_time, gaps, probes: storage/summaries.py
         create_summaries(con)
-    con.execute(f"CREATE OR REPLACE VIEW epochs AS {epochs}")
+    con.execute(EPOCH_COPIES_SQL.format(rows=epochs))
     thresholds = [row[0] for row in con.execute(
         f"SELECT DISTINCT coalesce(fit_threshold, {DEFAULT_FIT_THRESHOLD}) FROM ({config}) ORDER BY 1").fetchall()]
     con.execute(RUNS_SQL.format(config=config, status=status, **_fit_sql(thresholds)))
@@ -122,8 +158,9 @@ def _fit_sql(thresholds: list[float]) -> dict[str, str]:
     """The epochs-to-fit parts of RUNS_SQL: per_run counts them for every threshold the store
     uses, and each run picks the count for its own threshold."""
     literals = [f"{float(t)!r}::DOUBLE" for t in thresholds or [DEFAULT_FIT_THRESHOLD]]
-    columns = "".join(f"\n           min(epoch) FILTER (WHERE train_acc >= {t}) AS fit_epoch_{i},"
-                      f"\n           min(step) FILTER (WHERE train_acc >= {t}) AS fit_step_{i},"
+    own = "run_id = file_run_id AND"
+    columns = "".join(f"\n           min(epoch) FILTER (WHERE {own} train_acc >= {t}) AS fit_epoch_{i},"
+                      f"\n           min(step) FILTER (WHERE {own} train_acc >= {t}) AS fit_step_{i},"
                       for i, t in enumerate(literals))
 
     def pick(kind: str) -> str:

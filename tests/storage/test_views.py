@@ -154,7 +154,7 @@ def test_a_store_older_than_the_schema_reads_fast_with_the_new_columns_null(make
     write_old_epochs(root, "a")
     write_old_epochs(root, "b")
     con = connect(str(root))
-    view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'epochs'").fetchone()[0]
+    view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'epoch_copies'").fetchone()[0]
     assert "union_by_name = false" in view  # no file has the probes: no need to read every schema
     assert columns(con, "epochs") == schema.EPOCHS.names
     assert con.execute("SELECT count(*), count(param_norm) FROM epochs").fetchone() == (4, 0)

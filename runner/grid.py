@@ -204,9 +204,10 @@ def _resolve(raw: Map, problems: Problems, overrides: dict[str, object]) -> Grid
     models, model_text = _models(raw, problems, widths, scales)
     corruptions, corruption_text = _corruptions(raw, problems)
     regularizers = _regularizers(raw, problems)
+    data_specs = _data_specs(raw, problems, data, datasets, models)
     problems.raise_if_any()
 
-    train_spec, data_specs = TrainSpec(**train), [DataSpec(dataset=d, **data) for d in datasets]
+    train_spec = TrainSpec(**train)
     runs: dict[str, RunSpec] = {}
     combinations = 0
     for d, (m, w, s), c, r, seed in itertools.product(data_specs, models, corruptions, regularizers, seeds):
@@ -227,6 +228,22 @@ def _resolve(raw: Map, problems: Problems, overrides: dict[str, object]) -> Grid
     text = header + "\n" + yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
     return Grid(name=name, runs=tuple(runs.values()), resources=Resources(**resources), text=text,
                 duplicates=combinations - len(runs))
+
+
+def _data_specs(raw: Map, problems: Problems, data: dict, datasets: list, models: list) -> list[DataSpec]:
+    """The data section with each dataset, and what involves the dataset or the model too (a
+    synthetic set's size, a subset past the split, an image too small for a model), checked here
+    so each is a problem with its line rather than an error part way through expanding."""
+    out = []
+    place = "data" if "data" in raw else None
+    for dataset in datasets:
+        with problems.guard(raw, place):
+            spec = DataSpec(dataset=dataset, **data)
+            out.append(spec)
+            for model in dict.fromkeys(m for m, _, _ in models):
+                with problems.guard(raw, place):
+                    RunSpec(data=spec, model=model)
+    return out
 
 
 def _section(raw: Map, key: str, problems: Problems) -> dict[str, Any]:

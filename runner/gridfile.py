@@ -264,6 +264,7 @@ class Problems:
 
     def raise_if_any(self) -> None:
         """One problem is one sentence; several are listed on the same line, in file order."""
+        self.items = list(dict.fromkeys(self.items))  # one check failing for several datasets or models
         if len(self.items) == 1:
             raise SpecError(self.items[0])
         if self.items:
@@ -312,6 +313,8 @@ def to_float(name: str, value: Any) -> float:
         number = float(value)
     except ValueError:
         raise SpecError(f"{name} must be a number, got {value!r}") from None
+    except OverflowError:  # an integer of hundreds of digits
+        raise SpecError(f"{name} must be finite, got an integer of {len(str(value))} digits") from None
     if not math.isfinite(number):
         raise SpecError(f"{name} must be finite, got {value!r}")
     return number

@@ -21,6 +21,18 @@ IMAGE_KINDS = ("shuffled_pixels", "random_pixels", "gaussian")  # whole training
 CORRUPTIONS = ("none",) + LABEL_KINDS + IMAGE_KINDS
 OPTIMIZERS = ("sgd", "adam")
 SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}  # (train, test) images
+SYNTHETIC_SIZES = (1000, 500)  # (train, test) images of a synthetic set that leaves them unset (tasks/data.py)
+# Bounds past which a run can never train (no memory holds it, no generator takes the seed): far
+# above any real grid, so a slip (image_size: 0, num_classes: 10**12) is refused by the dry run.
+MAX_IMAGES = 10_000_000  # a split's subset or a synthetic split; CIFAR's training split has 50,000
+MAX_IMAGE_SIZE = 1024  # pixels on a side
+MAX_CLASSES = 100_000
+MAX_SYNTHETIC_VALUES = 1 << 31  # pixels a synthetic set generates: images plus one template per class
+MAX_SEED = (1 << 63) - 1  # torch.Generator.manual_seed takes a 64-bit integer
+MAX_EPOCHS = 100_000
+MAX_WIDTH = 256.0  # times the model's hidden units / channels: past it no model fits a GPU
+MAX_INIT_SCALE = 1e6  # times the initial weights: far past it float32 weights overflow
+MIN_SIDE = {"inception_small": 7}  # the smallest input a model's strided layers take (pixels)
 # Whether a model has BatchNorm when the run leaves batch_norm unset (None).
 DEFAULT_BATCH_NORM: dict[str, bool] = {
     "mlp1x512": False,
@@ -45,14 +57,18 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         _one_of("dataset", self.dataset, DATASETS)
-        for name in ("train_size", "test_size", "crop"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise SpecError(f"data.{name} must be a positive integer, got {value!r}")
+        for name, top in (("train_size", MAX_IMAGES), ("test_size", MAX_IMAGES), ("crop", MAX_IMAGE_SIZE)):
+            if getattr(self, name) is not None:
+                _int_in(f"data.{name}", getattr(self, name), 1, top)
+        _int_in("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        _int_in("data.num_classes", self.num_classes, 2, MAX_CLASSES)
+        _int_in("data.seed", self.seed, 0, MAX_SEED)
+        if not isinstance(self.whiten, bool):
+            raise SpecError(f"data.whiten must be true or false, got {self.whiten!r}")
         if self.crop is not None and self.crop > self.image_size:
             raise SpecError(f"data.crop={self.crop} is larger than the {self.image_size}-pixel images")
-        if self.num_classes < 2:
-            raise SpecError(f"data.num_classes must be at least 2, got {self.num_classes}")
+        if self.dataset == "synthetic":
+            _check_synthetic_size(self)
 
 
 @dataclass(frozen=True)
@@ -85,14 +101,17 @@ class RegularizerSpec:
     batch_norm: bool | None = None  # None = the model's default (on for inception/resnet)
 
     def __post_init__(self) -> None:
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise SpecError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         _fraction("dropout", self.dropout, upper_open=True)
         _fraction("label_smoothing", self.label_smoothing, upper_open=True)
-        if not isinstance(self.early_stopping, int) or self.early_stopping < 0:
-            raise SpecError(f"early_stopping is a patience in epochs (>= 0), got {self.early_stopping!r}")
-        if not 0 < self.holdout < 1:
+        _int_in("early_stopping (a patience in epochs)", self.early_stopping, 0, MAX_EPOCHS)
+        if not (_is_number(self.holdout) and 0 < self.holdout < 1):
             raise SpecError(f"holdout must be in (0, 1), got {self.holdout!r}")
+        for name in ("augment", "batch_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "batch_norm" and value is None):
+                raise SpecError(f"{name} must be true or false, got {value!r}")
 
     @property
     def label(self) -> str:
@@ -141,16 +160,12 @@ class TrainSpec:
     def __post_init__(self) -> None:
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         checkpoint_cadence(self.checkpoint_every)
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise SpecError(f"train.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.probe_every, int) or self.probe_every < 0:
-            raise SpecError(f"train.probe_every must be an integer >= 0, got {self.probe_every!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise SpecError(f"train.lr must be > 0, got {self.lr!r}")
+        _int_in("train.epochs", self.epochs, 1, MAX_EPOCHS)
+        _int_in("train.batch_size", self.batch_size, 1, MAX_IMAGES)
+        _int_in("train.probe_every", self.probe_every, 0, MAX_EPOCHS)
+        _positive("train.lr", self.lr, math.inf)
         _fraction("train.momentum", self.momentum, upper_open=True)
-        if not 0 < self.lr_decay <= 1:
+        if not (_is_number(self.lr_decay) and 0 < self.lr_decay <= 1):
             raise SpecError(f"train.lr_decay must be in (0, 1], got {self.lr_decay!r}")
         _fraction("train.fit_threshold", self.fit_threshold)
 
@@ -171,13 +186,14 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         _one_of("model", self.model, MODELS)
-        if not (self.width > 0 and math.isfinite(self.width)):
-            raise SpecError(f"width must be > 0, got {self.width!r}")
-        if not (self.init_scale > 0 and math.isfinite(self.init_scale)):
-            raise SpecError(f"init_scale must be > 0, got {self.init_scale!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise SpecError(f"seed must be an integer >= 0, got {self.seed!r}")
+        _positive("width", self.width, MAX_WIDTH)
+        _positive("init_scale", self.init_scale, MAX_INIT_SCALE)
+        _int_in("seed", self.seed, 0, MAX_SEED)
         _check_split_sizes(self.data)
+        side = self.data.crop or (self.data.image_size if self.data.dataset == "synthetic" else 32)
+        if side < MIN_SIDE.get(self.model, 1):
+            raise SpecError(f"{self.model} takes images of at least {MIN_SIDE[self.model]} pixels a side, "
+                            f"and these are {side}: raise data.crop or data.image_size")
         object.__setattr__(self, "data", _canonical_data(self.data))
         object.__setattr__(self, "regularizer", _canonical_regularizer(self.regularizer, self.model))
 
@@ -226,6 +242,17 @@ def _check_split_sizes(data: DataSpec) -> None:
         if want is not None and want > have:
             raise SpecError(f"data.{name}={want} is more than the {have:,} images of {data.dataset}'s "
                             f"{name.split('_')[0]} split")
+
+
+def _check_synthetic_size(data: DataSpec) -> None:
+    """A synthetic set is generated in memory: its images and one template per class, bounded."""
+    images = (data.train_size or SYNTHETIC_SIZES[0]) + (data.test_size or SYNTHETIC_SIZES[1])
+    values = (images + data.num_classes) * 3 * data.image_size ** 2
+    if values > MAX_SYNTHETIC_VALUES:
+        raise SpecError(f"data: a synthetic set of {images:,} images and {data.num_classes:,} class templates of "
+                        f"{data.image_size}x{data.image_size} pixels is {values:,} values, past the "
+                        f"{MAX_SYNTHETIC_VALUES:,} rethink generates; lower data.train_size, test_size, "
+                        "num_classes or image_size")
 
 
 def _canonical_data(data: DataSpec) -> DataSpec:
@@ -314,6 +341,37 @@ def _number(name: str, value: Any) -> float:
     if not math.isfinite(number):
         raise SpecError(f"{name} must be finite, got {value!r}")
     return number
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int_in(name: str, value: Any, low: int, high: int) -> None:
+    """An integer (not a bool, not a float) in [low, high], else one sentence naming the bound."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        floor = {0: "an integer >= 0", 1: "a positive integer"}.get(low, f"at least {low:,}")
+        raise SpecError(f"{name} must be {floor}, got {value!r}")
+    if value > high:
+        raise SpecError(f"{name} must be at most {high:,}, got {_show(value)}")
+
+
+def _positive(name: str, value: Any, high: float) -> None:
+    """A finite number > 0 and at most `high`."""
+    if not (_is_number(value) and value > 0 and (isinstance(value, int) or math.isfinite(value))):
+        raise SpecError(f"{name} must be > 0, got {value!r}")
+    if value > high:
+        raise SpecError(f"{name} must be at most {high:g}, got {_show(value)}")
+
+
+def _show(number: int | float) -> str:
+    """A number for a message; an integer of hundreds of digits as its length."""
+    if isinstance(number, float):
+        return f"{number:g}"
+    text = f"{number:,}"
+    return text if len(text) <= 30 else f"an integer of {len(str(number))} digits"
 
 
 def _one_of(name: str, value: Any, valid: tuple[str, ...]) -> None:

@@ -34,6 +34,8 @@ from rich.table import Table
 
 from rethink.errors import RethinkError
 from rethink.runner.grid import Grid
+from rethink.storage.uri import check as check_store_uri
+from rethink.text import one_line, rich_text
 
 DASHBOARD_PORT = 8265  # Ray's default dashboard (and Jobs API) port
 METADATA_KEY = "rethink_experiment"
@@ -75,6 +77,7 @@ class ClusterError(RethinkError):
 
 def submit_job(address: str, grid: Grid, store: str, data_dir: str | None, pack_size: int) -> str:
     """Start the grid's driver on the cluster as a Ray Job; return what to run next."""
+    check_store_uri(store)  # the URI goes into the job's command line and the lines printed here
     _check_remote_path("--store", store)
     if data_dir:
         _check_remote_path("--data-dir", data_dir)
@@ -102,12 +105,13 @@ def job_table(address: str, name: str | None) -> Table:
     """The rethink jobs on that cluster (all experiments, or NAME's), oldest first."""
     url = normalize_address(address)
     jobs = _rethink_jobs(url, _client(url), name)
-    table = Table(title=f"rethink jobs on {url}" + (f" for {name}" if name else ""))
+    table = Table(title=rich_text(f"rethink jobs on {url}" + (f" for {name}" if name else "")))
     for column in ("experiment", "submission id", "status", "started", "ended", "message"):
         table.add_column(column, overflow="fold")
     for job in jobs:
-        table.add_row(job.metadata[METADATA_KEY], job.submission_id or "", job.status.value,
-                      _clock(job.start_time), _clock(job.end_time), " ".join((job.message or "").split()))
+        cells = (job.metadata[METADATA_KEY], job.submission_id or "", job.status.value,  # the cluster's text:
+                 _clock(job.start_time), _clock(job.end_time), job.message or "")      # never Rich markup
+        table.add_row(*(rich_text(one_line(cell)) for cell in cells))
     if not jobs:
         table.caption = "none yet: `rethink submit GRID.yaml --cluster ADDR --store URI` starts one"
     return table

@@ -156,7 +156,7 @@ def test_job_script_without_a_python_or_rethink_says_how_to_fix_the_head(tmp_pat
 def test_job_table_lists_it_as_succeeded(finished, with_token):
     _, _, submission_id = finished
     table = cluster.job_table(with_token.url, "remote")
-    columns = {c.header: list(c.cells) for c in table.columns}
+    columns = {c.header: [str(cell) for cell in c.cells] for c in table.columns}  # cells are Rich Text
     assert columns["submission id"] == [submission_id]
     assert columns["experiment"] == ["remote"] and columns["status"] == ["SUCCEEDED"]
     assert columns["started"][0] and columns["ended"][0]

@@ -51,7 +51,9 @@ class Store(Claims):
         if not text.strip():
             raise StoreError("--store is empty: give a folder or a URI such as s3://BUCKET/PATH")
         try:
-            fs, root = pafs.FileSystem.from_uri(text if "://" in text else str(Path(text).absolute()))
+            from rethink.storage.uri import open_filesystem  # credentials refused, remote waits bounded
+
+            fs, root = open_filesystem(text if "://" in text else str(Path(text).absolute()))
         except (pa.ArrowInvalid, ValueError, OSError) as exc:
             raise StoreError(f"cannot open store '{text}': {' '.join(str(exc).split())}") from None
         store = cls(fs, root, text)

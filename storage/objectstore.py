@@ -30,7 +30,7 @@ class S3Objects:
         self._query = dict(reversed(store_uri.query_pairs(uri)))  # the first of a repeated key, as pyarrow
         self._seconds = store_uri.timeout_s()
         self._remote = store_uri.Remote("S3", self._query.get("endpoint_override") or "s3.amazonaws.com",
-                                        "endpoint_override")
+                                        self._seconds)
 
     @property
     def client(self):
@@ -132,7 +132,7 @@ class S3Objects:
             return "no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         failure = store_uri.network_failure(exc)
         if failure:
-            return store_uri.unreachable(self._remote, failure, self._seconds)
+            return store_uri.unreachable(self._remote, failure)
         return store_uri.describe(exc)
 
 

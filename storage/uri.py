@@ -45,7 +45,9 @@ class Remote:
 
     kind: str  # "S3" or "GCS"
     endpoint: str  # host[:port] as given, or the service's default host
-    option: str  # what the user sets to change it
+    seconds: float  # how long one request waits for an answer (timeout_s)
+    scheme: str = "https"
+    option: str = "endpoint_override"  # what the user sets to change the endpoint
 
 
 # ---- credentials -----------------------------------------------------------------------------
@@ -126,24 +128,29 @@ def timeout_s() -> float:
 def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, root path) for a store URI or absolute local path, credentials refused first;
     s3:// and gs:// with bounded waits, probed once."""
+    fs, root, remote = filesystem(uri)
+    if remote is not None and remote.kind == "S3":
+        probe_s3(fs, root.split("/", 1)[0], remote)
+    elif remote is not None:
+        _probe_http(remote, f"/storage/v1/b/{root.split('/', 1)[0]}?fields=name")
+    return fs, root
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str, Remote | None]:
+    """(filesystem, root path, where its requests go) without a request made, but for the region
+    of an S3 bucket given with neither region nor endpoint (as pyarrow's from_uri finds it)."""
     check(uri)
     scheme = uri.partition("://")[0] if "://" in uri else ""
     if scheme not in ("s3", "gs", "gcs"):
-        return pafs.FileSystem.from_uri(uri)
+        return (*pafs.FileSystem.from_uri(uri), None)
     parts = urlsplit(uri)
     bucket = parts.netloc
     if not bucket:
         raise StoreError(f"the store URI names no bucket: give {scheme}://BUCKET/PATH")
     root = (bucket + unquote(parts.path)).rstrip("/")
     options = _options(uri, S3_OPTIONS if scheme == "s3" else GCS_OPTIONS, "S3" if scheme == "s3" else "GCS")
-    seconds = timeout_s()
-    if scheme == "s3":
-        fs, remote = _s3(bucket, options, seconds)
-        probe_s3(fs, bucket, remote, seconds)
-    else:
-        fs, remote = _gcs(options, seconds)
-        _probe_http(remote, options.get("scheme", "https"), f"/storage/v1/b/{bucket}?fields=name", seconds)
-    return fs, root
+    fs, remote = (_s3 if scheme == "s3" else _gcs)(bucket, options, timeout_s())
+    return fs, root, remote
 
 
 def _options(uri: str, valid: tuple[str, ...], kind: str) -> dict[str, str]:
@@ -176,7 +183,7 @@ def _s3(bucket: str, options: dict[str, str], seconds: float) -> tuple[pafs.S3Fi
     endpoint = options.get("endpoint_override")
     region = options.get("region")
     if region is None and endpoint is None:  # as pyarrow's from_uri: the bucket's own region
-        region = _bucket_region(bucket, seconds)
+        region = _bucket_region(bucket)
     fs = pafs.S3FileSystem(
         region=region, scheme=scheme, endpoint_override=endpoint,
         allow_bucket_creation=_flag("allow_bucket_creation", options.get("allow_bucket_creation", "false")),
@@ -185,10 +192,10 @@ def _s3(bucket: str, options: dict[str, str], seconds: float) -> tuple[pafs.S3Fi
         connect_timeout=seconds, request_timeout=seconds,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS))
     where = endpoint or f"s3.{region + '.' if region else ''}amazonaws.com (bucket {bucket})"
-    return fs, Remote("S3", where, "endpoint_override")
+    return fs, Remote("S3", where, seconds, scheme)
 
 
-def _bucket_region(bucket: str, seconds: float) -> str:
+def _bucket_region(bucket: str) -> str:
     try:
         return pafs.resolve_s3_region(bucket)
     except (OSError, ValueError) as exc:
@@ -196,7 +203,7 @@ def _bucket_region(bucket: str, seconds: float) -> str:
                          "give it as ?region=REGION") from None
 
 
-def _gcs(options: dict[str, str], seconds: float) -> tuple[pafs.GcsFileSystem, Remote]:
+def _gcs(bucket: str, options: dict[str, str], seconds: float) -> tuple[pafs.GcsFileSystem, Remote]:
     scheme = options.get("scheme", "https")
     if scheme not in ("http", "https"):
         raise StoreError(f"store URI option scheme must be http or https, got {scheme[:20]!r}")
@@ -210,15 +217,15 @@ def _gcs(options: dict[str, str], seconds: float) -> tuple[pafs.GcsFileSystem, R
             raise StoreError(f"store URI option retry_limit_seconds must be a number of seconds in "
                              f"(0, {MAX_TIMEOUT_S:g}], got {options['retry_limit_seconds'][:20]!r}")
     fs = pafs.GcsFileSystem(scheme=scheme, endpoint_override=options.get("endpoint_override"),
-                            project_id=options.get("project_id"),
+                            project_id=options.get("project_id"), default_bucket_location="",  # as from_uri
                             retry_time_limit=datetime.timedelta(seconds=limit))
-    return fs, Remote("GCS", options.get("endpoint_override", "storage.googleapis.com"), "endpoint_override")
+    return fs, Remote("GCS", options.get("endpoint_override", "storage.googleapis.com"), seconds, scheme)
 
 
 # ---- probing and describing failures -------------------------------------------------------
 
 
-def probe_s3(fs: pafs.FileSystem, bucket: str, remote: Remote, seconds: float) -> None:
+def probe_s3(fs: pafs.FileSystem, bucket: str, remote: Remote) -> None:
     """One HeadBucket: an endpoint that is down, refuses or never answers is one line now. Any
     answer (a missing bucket, access denied: some keys may not HEAD a bucket) is left to the
     store's own reads to report."""
@@ -227,10 +234,10 @@ def probe_s3(fs: pafs.FileSystem, bucket: str, remote: Remote, seconds: float) -
     except OSError as exc:
         failure = network_failure(exc)
         if failure:
-            raise StoreError(unreachable(remote, failure, seconds)) from None
+            raise StoreError(unreachable(remote, failure)) from None
 
 
-def _probe_http(remote: Remote, scheme: str, path: str, seconds: float) -> None:
+def _probe_http(remote: Remote, path: str) -> None:
     """One GET with our own timeouts (pyarrow's GCS client waits up to 120 s for a silent server
     whatever its options say); any HTTP answer means the endpoint is up."""
     import http.client  # only for gs://: `rethink status` on a local store never loads ssl
@@ -239,11 +246,11 @@ def _probe_http(remote: Remote, scheme: str, path: str, seconds: float) -> None:
     address = remote.endpoint.rpartition("://")[2]
     host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
     try:
-        if scheme == "https":
-            conn = http.client.HTTPSConnection(host, int(port or 443), timeout=seconds,
+        if remote.scheme == "https":
+            conn = http.client.HTTPSConnection(host, int(port or 443), timeout=remote.seconds,
                                                context=ssl.create_default_context())
         else:
-            conn = http.client.HTTPConnection(host, int(port or 80), timeout=seconds)
+            conn = http.client.HTTPConnection(host, int(port or 80), timeout=remote.seconds)
         try:
             conn.request("GET", path)
             conn.getresponse().close()
@@ -253,33 +260,33 @@ def _probe_http(remote: Remote, scheme: str, path: str, seconds: float) -> None:
         raise StoreError(f"the {remote.kind} {remote.option} '{remote.endpoint}' is not HOST:PORT") from None
     except (OSError, http.client.HTTPException) as exc:
         failure = network_failure(exc) or "no HTTP answer"
-        raise StoreError(unreachable(remote, failure, seconds)) from None
+        raise StoreError(unreachable(remote, failure)) from None
 
 
 def network_failure(exc: BaseException) -> str | None:
-    """What kept a request from an answer ('no answer', 'connection refused', 'unknown host'), from
+    """What kept a request from an answer ('no answer', 'could not connect', 'unknown host'...), from
     pyarrow's, botocore's or the socket's error; None for an answer the server gave."""
     text = str(exc)
     name = type(exc).__name__
     if isinstance(exc, (socket.timeout, TimeoutError)) or "curlCode: 28" in text or "Timeout" in name \
             or "Timeout was reached" in text or "timed out" in text.lower():
         return "no answer"
-    if isinstance(exc, ConnectionRefusedError) or "curlCode: 7," in text or "Connection refused" in text \
-            or "Could not connect" in text or "Couldn't connect" in text:
+    if isinstance(exc, ConnectionRefusedError) or "Connection refused" in text:
         return "connection refused"
     if isinstance(exc, socket.gaierror) or "curlCode: 6," in text or "resolve host" in text \
             or "Name or service not known" in text:
         return "unknown host"
-    if name in ("EndpointConnectionError", "ConnectionClosedError") or isinstance(exc, ConnectionError):
-        return "connection failed"
+    if "curlCode: 7," in text or "CURL error [7]" in text or "Could not connect" in text \
+            or name in ("EndpointConnectionError", "ConnectionClosedError") or isinstance(exc, ConnectionError):
+        return "could not connect"
     return None
 
 
-def unreachable(remote: Remote, failure: str, seconds: float) -> str:
+def unreachable(remote: Remote, failure: str) -> str:
     """The one line for an endpoint that gave no answer: what to check, how to wait longer."""
     if failure == "no answer":
-        return (f"cannot reach the {remote.kind} endpoint {remote.endpoint} within {seconds:g} s (no answer): "
-                f"check {remote.option} and that the server is up; {TIMEOUT_ENV} raises the limit")
+        return (f"cannot reach the {remote.kind} endpoint {remote.endpoint} within {remote.seconds:g} s "
+                f"(no answer): check {remote.option} and that the server is up; {TIMEOUT_ENV} raises the limit")
     return (f"cannot reach the {remote.kind} endpoint {remote.endpoint} ({failure}): check {remote.option} "
             "and that the server is up")
 

@@ -18,13 +18,17 @@ Why this shape:
        run stays in two parts), and size-tiered, every part with no more rows than the new part
        so far (parts grow geometrically: few parts, each row rewritten O(log n) times, and a
        compaction with little to do merges only small parts);
-    4. write the new epochs part, then the status part (GEN newer than all), then the marker
-       `compaction/newest.json` that tells cached readers to list parts again;
+    4. write the new epochs part, then the status part (GEN newer than all), then the record
+       `compaction/retired=GEN.json` of the files the part replaces, then the marker
+       `compaction/newest.json` that tells cached readers to list parts again (storage/retired.py:
+       how a query running meanwhile never reads a file that step 5 or 6 deletes);
     5. delete the merged parts;
     6. delete each folded run's per-run files, unless the run was claimed again or the file
-       rewritten since it was read (then it stays, wins, and the next compaction folds it).
-  The next compaction finishes a killed one: its leftovers are per-run files of runs held in
-  parts (step 2 picks them up) and runs held in two parts (step 3 merges those).
+       rewritten since it was read (then it stays, wins, and the next compaction folds it);
+       then the marker again, then the record.
+  The next compaction finishes a killed one: first the deletions of any record left (after
+  writing the marker again), then its other leftovers: per-run files of runs held in parts
+  (step 2 picks them up) and runs held in two parts (step 3 merges those).
 - Plain readers have no precedence: between steps 4 and 6 they see a folded run's rows twice
   (its per-run file and the new part); once compaction has finished, once.
 
@@ -50,7 +54,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rethink.states import RunState, StopReason
-from rethink.storage import layout, parts, schema
+from rethink.storage import layout, parts, retired, schema
 from rethink.storage.claims import gone_from_here, parse_owner
 from rethink.storage.store import DamagedFileError, Store, StoreError
 
@@ -114,6 +118,7 @@ def compact(store: Store, name: str) -> Compaction:
 
 def _compact(store: Store, name: str, run_ids: set[str]) -> Compaction:
     result = Compaction(name)
+    _finish_records(store)
     found = {table: parts.list_parts(store, table) for table in SCHEMAS}
     held = {run for table in SCHEMAS for part in found[table] for run in part.runs}
     files = {table: parts.per_run_ids(store, table, run_ids | held) for table in SCHEMAS}
@@ -140,7 +145,11 @@ def _compact(store: Store, name: str, run_ids: set[str]) -> Compaction:
             _write_part(store, layout.part_path(table, gen), data)
             written += 1
         _stop_at(f"{table}_part")
-    store.write(layout.PARTS_MARKER, json.dumps({"newest": gen}).encode())
+    record = retired.record_path(gen)
+    retired.write(store, gen, [part.path for table in SCHEMAS for part in found[table] if part.gen in merged],
+                  {run.run_id: (run.attempt, run.idents) for run in folded})
+    _stop_at("recorded")
+    store.write(layout.PARTS_MARKER, retired.new_marker(gen))  # from here on, readers rerun or skip
     _stop_at("marker")
     for table in SCHEMAS:
         for part in found[table]:
@@ -155,12 +164,34 @@ def _compact(store: Store, name: str, run_ids: set[str]) -> Compaction:
             result.kept += gone < len(run.idents)
             _stop_at("run_deleted")
     _stop_at("runs_deleted")
+    store.write(layout.PARTS_MARKER, retired.new_marker(gen))  # a reader that failed meanwhile sees a change
+    store.delete(record)
     result.gen, result.merged = gen, len(merged)
     result.runs = len(folded)
     result.rows = sum(run.tables["epochs"].num_rows for run in folded if "epochs" in run.tables)
     result.files_after = result.files_before - deleted - sum(
         1 for table in SCHEMAS for part in found[table] if part.gen in merged) + written
     return result
+
+
+def _finish_records(store: Store) -> None:
+    """Finish the deletions of a compaction killed before it deleted its record: the marker
+    first (a reader that listed the store before that record sees the change and reruns), then
+    its parts and runs' files (each as step 6 deletes them), then the record."""
+    left = retired.records(store)
+    if not left:
+        return
+    gens = [retired.gen_of(record.path) for record in left] + [parts.read_marker(store) or ""]
+    store.write(layout.PARTS_MARKER, retired.new_marker(max(gens)))
+    for record in left:
+        for path in record.parts:
+            store.delete(path)
+            _remove_folder(store, path)
+        for run_id, (attempt, idents) in record.runs.items():
+            _delete_run(store, _Run(run_id, attempt, {}, dict(idents)))
+    store.write(layout.PARTS_MARKER, retired.new_marker(max(gens)))
+    for record in left:
+        store.delete(record.path)
 
 
 def _read_run(store: Store, run_id: str, tables: list[str]) -> _Run | None:

@@ -51,7 +51,14 @@ def run_query(store: str, sql: str, fmt: str = "table", out: str | None = None,
     target = _out_path(reader.folder, out) if out is not None else None
     check_read_only(sql)
     with _Watch(timeout) as watch:
-        return reader.run(lambda con: _run_once(con, sql, fmt, target, out, watch, echo), interrupted=watch.check)
+        printed = [False]  # streamed rows cannot be taken back: such a query is not run again
+
+        def shown(chunk: str) -> object:
+            printed[0] = True
+            return echo(chunk)  # type: ignore[misc]
+
+        return reader.run(lambda con: _run_once(con, sql, fmt, target, out, watch, shown if echo else None),
+                          interrupted=watch.check, redone=lambda: not printed[0])
 
 
 def _run_once(con: duckdb.DuckDBPyConnection, sql: str, fmt: str, target: Path | None, out: str | None,

@@ -40,7 +40,9 @@ class Source:
 
     glob: relative to the store root, always "<folder>/<entry>/<file>", where <entry> is `*`,
     a prefix followed by `*` (`run_id=*`) or one literal folder name (one part).
-    exclude: run ids whose rows in these files must be skipped (a newer source holds them)."""
+    exclude: run ids whose rows in these files must be skipped (a newer source holds them); for
+    the per-run files (`run_id=*`), whose files are not even opened (a compaction is deleting them:
+    storage/retired.py)."""
 
     glob: str
     exclude: frozenset[str] = field(default_factory=frozenset)
@@ -62,16 +64,20 @@ def sources(store: Store, table: Table, files: Listing | None = None) -> list[So
     and a stat per run that a part holds and that also has a per-run folder (locally). `files`:
     a remote store's recursive listing that the caller reads the files from too (scans.Scan.files),
     so that one LIST serves both, and both see the same files."""
-    found = list_parts(store, table, files)
+    from rethink.storage import retired
+
+    gone = retired.skip(store, files)  # what a compaction is deleting now: never opened (retired.py)
+    found = [part for part in list_parts(store, table, files) if part.path not in gone.parts]
     if not found:
         return [Source(layout.run_glob(table))]
     held = set().union(*(part.runs for part in found))
-    newer = per_run_ids(store, table, held, files)
+    replaced = gone.runs.get(table, frozenset())
+    newer = per_run_ids(store, table, held, files) - replaced
     out = []
     for part in reversed(found):
         out.append(Source(layout.part_glob(table, part.gen), frozenset(newer.intersection(part.runs))))
         newer |= part.runs.keys()
-    return [*reversed(out), Source(layout.run_glob(table))]
+    return [*reversed(out), Source(layout.run_glob(table), replaced)]
 
 
 def list_parts(store: Store, table: Table, files: Listing | None = None) -> list[Part]:

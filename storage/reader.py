@@ -27,13 +27,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from rethink.storage import layout, parts, schema, views
+from rethink.storage import layout, parts, retired, schema, views
 from rethink.storage.errors import QueryError, ReadOnlyError
 from rethink.storage.scans import Scan, literal
 from rethink.storage.store import Store
 from rethink.storage.views import is_schema_mismatch, one_line
 
 T = TypeVar("T")
+RERUNS = 5  # reruns of a read that a compaction ran under (each one later sees its record)
 
 
 class Reader:
@@ -55,7 +56,30 @@ class Reader:
         return connect(self.store, union_by_name, summaries)
 
     def run(self, work: Callable[[duckdb.DuckDBPyConnection], T],
-            interrupted: Callable[[], None] | None = None, summaries: bool = True) -> T:
+            interrupted: Callable[[], None] | None = None, summaries: bool = True,
+            redone: Callable[[], bool] | None = None) -> T:
+        """`work` (see `_run`), run again when a compaction deleted files it may have listed: the
+        compaction marker changed meanwhile, or the work failed while a compaction was deleting
+        (storage/retired.py says why that suffices). At most RERUNS times; `redone` is asked
+        first and False when the work cannot be repeated (rows already printed): then one line
+        says to run it again."""
+        for rerun in range(RERUNS + 1):
+            before = retired.marker_state(self.store)
+            try:
+                result = self._run(work, interrupted, summaries)
+            except (QueryError, ReadOnlyError):
+                if rerun == RERUNS or not (retired.marker_state(self.store) != before or retired.records(self.store)):
+                    raise
+            else:
+                if rerun == RERUNS or retired.marker_state(self.store) == before:
+                    return result
+            if redone is not None and not redone():
+                raise QueryError("a compaction replaced store files while the result was being printed, so it "
+                                 "may be incomplete; run the query again")
+        raise AssertionError("unreachable")
+
+    def _run(self, work: Callable[[duckdb.DuckDBPyConnection], T],
+             interrupted: Callable[[], None] | None = None, summaries: bool = True) -> T:
         """`work` on a fresh locked connection, closed after. A file lacking a column that the
         first file has (an older rethink wrote it) fails the fast read: then once more with
         every file's schema read (`union_by_name`). DuckDB's errors become one line: reaching

@@ -21,7 +21,7 @@ from rethink.storage import compact, layout, parts
 from rethink.storage.store import Store
 from rethink.storage.views import connect
 
-STEPS = ["locked", "read", "epochs_part", "status_part", "marker", "parts_deleted", "run_epochs_deleted",
+STEPS = ["locked", "read", "epochs_part", "status_part", "recorded", "marker", "parts_deleted", "run_epochs_deleted",
          "run_status_deleted", "run_deleted", "runs_deleted"]
 
 

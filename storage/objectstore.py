@@ -30,7 +30,7 @@ class S3Objects:
         self._query = dict(reversed(store_uri.query_pairs(uri)))  # the first of a repeated key, as pyarrow
         self._seconds = store_uri.timeout_s()
         self._remote = store_uri.Remote("S3", self._query.get("endpoint_override") or "s3.amazonaws.com",
-                                        self._seconds)
+                                        self._seconds, tries=store_uri.ATTEMPTS)
 
     @property
     def client(self):

@@ -47,6 +47,7 @@ class Remote:
     endpoint: str  # host[:port] as given, or the service's default host
     seconds: float  # how long one request waits for an answer (timeout_s)
     scheme: str = "https"
+    tries: int = 1  # how many times a request is sent before it fails
     option: str = "endpoint_override"  # what the user sets to change the endpoint
 
 
@@ -192,7 +193,7 @@ def _s3(bucket: str, options: dict[str, str], seconds: float) -> tuple[pafs.S3Fi
         connect_timeout=seconds, request_timeout=seconds,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS))
     where = endpoint or f"s3.{region + '.' if region else ''}amazonaws.com (bucket {bucket})"
-    return fs, Remote("S3", where, seconds, scheme)
+    return fs, Remote("S3", where, seconds, scheme, ATTEMPTS)
 
 
 def _bucket_region(bucket: str) -> str:
@@ -285,8 +286,9 @@ def network_failure(exc: BaseException) -> str | None:
 def unreachable(remote: Remote, failure: str) -> str:
     """The one line for an endpoint that gave no answer: what to check, how to wait longer."""
     if failure == "no answer":
+        tries = f", {remote.tries} tries" if remote.tries > 1 else ""
         return (f"cannot reach the {remote.kind} endpoint {remote.endpoint} within {remote.seconds:g} s "
-                f"(no answer): check {remote.option} and that the server is up; {TIMEOUT_ENV} raises the limit")
+                f"(no answer{tries}): check {remote.option} and that the server is up; {TIMEOUT_ENV} raises the limit")
     return (f"cannot reach the {remote.kind} endpoint {remote.endpoint} ({failure}): check {remote.option} "
             "and that the server is up")
 

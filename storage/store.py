@@ -47,7 +47,7 @@ class Store(Claims):
             text = os.path.expanduser(text)  # `--store=~/runs`: the shell leaves a `~` after `=` alone
         scheme, sep, rest = text.partition("://")
         if sep and scheme.lower() in ("s3", "gs", "gcs") and not rest.split("/", 1)[0].split("?", 1)[0]:
-            raise StoreError(f"store '{text}' names no bucket: give {scheme}://BUCKET/PATH")
+            raise StoreError(f"the store URI names no bucket: give {scheme}://BUCKET/PATH")
         if not text.strip():
             raise StoreError("--store is empty: give a folder or a URI such as s3://BUCKET/PATH")
         try:

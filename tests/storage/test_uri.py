@@ -21,6 +21,7 @@ WITH_CREDENTIALS = [
     f"s3://AKIAEXAMPLE:{SECRET}@bkt/x?endpoint_override=127.0.0.1:9&scheme=http",
     f"s3://AKIAEXAMPLE:{SECRET}/withslash@bkt/x",  # a secret holding '/' ends the authority early
     f"s3://{SECRET}@bkt/x",  # a key id alone
+    f"s3://?secret_key={SECRET}",  # and no bucket
     f"s3://bkt/x?region=us-east-1&secret_key={SECRET}",
     f"s3://bkt/x?access_key=AKIA&session_token={SECRET}",
     f"s3://bkt/x?endpoint_override=user:{SECRET}@127.0.0.1:9",

@@ -34,6 +34,7 @@ S3_OPTIONS = ("region", "scheme", "endpoint_override", "allow_bucket_creation", 
 GCS_OPTIONS = ("scheme", "endpoint_override", "retry_limit_seconds", "project_id")
 # A query key naming a secret, in any scheme (pyarrow's, Azure's, presigned URLs').
 _SECRET_KEY = re.compile(r"secret|passw|token|credential|signature|sas|(^|_)key$|^x-amz-", re.IGNORECASE)
+_NOT_SECRET = ("credential_kind",)  # Azure's: which kind of credentials to look up, not one
 _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/?#\s@]*@", re.IGNORECASE)
 _SECRET_VALUE = re.compile(r"(\b[\w-]*(?:secret|passw|token|credential|signature|sas|_key)[\w-]*=)[^&\s'\"]*",
                            re.IGNORECASE)
@@ -64,12 +65,12 @@ def check(uri: str) -> None:
     userinfo, at, host = authority.rpartition("@")
     where = None
     if at and (":" in userinfo or scheme.lower() in OBJECT_SCHEMES):
-        where = "KEY:SECRET@ or KEY@ before the bucket"
+        where = "KEY:SECRET@ or KEY@ before the bucket or host"
     elif ":" in host and (scheme.lower() in OBJECT_SCHEMES or not _is_port(host)):
-        where = "KEY:SECRET@ before the bucket"  # a secret holding '/' splits the authority
+        where = "KEY:SECRET@ before the bucket or host"  # a secret holding '/' splits the authority
     else:
         for key, value in query_pairs(uri):
-            if _SECRET_KEY.search(key):
+            if _SECRET_KEY.search(key) and key not in _NOT_SECRET:
                 where = f"the query key '{_safe_name(key)}'"
             elif "@" in value and key.lower() in ("endpoint_override", "endpoint"):
                 where = f"a user before the {_safe_name(key)} host"

@@ -109,6 +109,15 @@ class Progress:
         else:
             self.bar.update(self.runs, states=message)
 
+    def note(self, message: str) -> None:
+        """A line that stays (such as a wait on a run another process holds): printed above the
+        bar, or plain with --quiet."""
+        message = f"{self.name}: {one_line(message)}"
+        if self.quiet:
+            print(message, file=sys.stderr, flush=True)
+        else:
+            self.bar.console.print(message, markup=False, highlight=False, emoji=False)
+
     def tick(self) -> None:
         """--quiet: a summary line every SUMMARY_EVERY_S while the grid runs."""
         if self.quiet and time.monotonic() - self.last_summary >= SUMMARY_EVERY_S:

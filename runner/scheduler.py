@@ -316,7 +316,7 @@ def _relaunch_free(store: Store, busy: list[RunSpec], launch, summary: Summary, 
             who = f"{holder.get('host')} {holder.get('pid')} {holder.get('token')}"
             if waits.get(run.run_id) != who:
                 waits[run.run_id] = who
-                progress.say(_held_line(store, run.run_id, holder))
+                progress.note(_held_line(store, run.run_id, holder))
     return still
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from rethink.storage import claims as claims_module
 from rethink.storage.store import Store
 
-TIMEOUT_S = 2.0
-# One model on one CPU thread: ≈ 4-10 s an epoch here, several claim timeouts.
+TIMEOUT_S = 1.0
+# One model on one CPU thread: ≈ 2-10 s an epoch here, several claim timeouts.
 SLOW_GRID = """\
 name: slow
 dataset: synthetic
-data: {train_size: 12000, test_size: 64, image_size: 32}
+data: {train_size: 16000, test_size: 64, image_size: 32}
 model: mlp1x512
 corruption: none
 seed: [0, 1]
@@ -75,7 +75,7 @@ def test_a_resume_waiting_on_a_held_run_says_whose_it_is_and_how_long(tmp_path: 
     said, launched = [], []
 
     class Progress:
-        say = said.append
+        note = said.append
 
     class Run:
         run_id = "ab12cd34ef567890"

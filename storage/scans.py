@@ -54,10 +54,11 @@ class Scan:
         rows of each source's excluded runs left out; zero typed rows while no file exists."""
         selects = []
         for source in sources:
+            skip = source.exclude if split(source.glob)[1].endswith("*") else frozenset()  # never opened
             if self.folder is not None:
-                select = self._local(con, source.glob, table_schema, union_by_name)
+                select = self._local(con, source.glob, table_schema, union_by_name, skip)
             else:
-                select = self._remote(con, source.glob, table_schema)
+                select = self._remote(con, source.glob, table_schema, skip)
             if select is None:
                 continue
             if self.folder is not None and split(source.glob)[1].startswith("run_id="):
@@ -73,17 +74,17 @@ class Scan:
     # -- local: DuckDB reads the files ----------------------------------------------------------
 
     def _local(self, con: duckdb.DuckDBPyConnection, glob: str, table_schema: pa.Schema,
-               union_by_name: bool | None) -> str | None:
+               union_by_name: bool | None, skip: frozenset[str] = frozenset()) -> str | None:
         """`union_by_name` says how the files are stitched together. True: DuckDB reads every
         file's schema first, so files written before a column existed mix with newer ones (at
         10,000 runs that costs seconds per query). False: the first file's schema stands for all,
         and a query reading a column some other file lacks fails loudly (`is_schema_mismatch`).
         None: False, unless the first file lacks a column of the current schema that another
         file has."""
-        first = next(self._local_matches(glob), None)
+        first = next(self._local_matches(glob, skip), None)
         if first is None:
             return None
-        files = self._local_files(glob)
+        files = self._local_files(glob, skip)
         try:
             present = set(pq.read_schema(first).names)  # once: a part's footer is large
             missing = [name for name in table_schema.names if name not in present]
@@ -101,23 +102,24 @@ class Scan:
         # add them, as NULL. Otherwise the scan stays plain.
         return f"{empty(table_schema)}\n    UNION ALL BY NAME\n    {read}" if missing else read
 
-    def _local_files(self, glob: str) -> str:
+    def _local_files(self, glob: str, skip: frozenset[str] = frozenset()) -> str:
         """The SQL for the files of `glob`. A store folder whose path holds a glob character
         (`s[1]*`) is a folder, not a pattern, and a literal entry is one folder: their files are
         listed here, one by one, since the read-only lock (allowed_directories) checks a
-        pattern's text as a path."""
+        pattern's text as a path. So are the files of a glob with runs to `skip` (parts.Source)."""
         entry = split(glob)[1]
-        if not any(c in self.folder for c in GLOB_CHARS) and entry.endswith("*"):
+        if not any(c in self.folder for c in GLOB_CHARS) and entry.endswith("*") and not skip:
             return literal(f"{self.folder}/{glob}")
-        return "[" + ", ".join(literal(str(path)) for path in self._local_matches(glob)) + "]"
+        return "[" + ", ".join(literal(str(path)) for path in self._local_matches(glob, skip)) + "]"
 
-    def _local_matches(self, glob: str) -> Iterator[Path]:
-        """The files of `glob` under the store's folder (taken literally), in DuckDB's sorted order."""
+    def _local_matches(self, glob: str, skip: frozenset[str] = frozenset()) -> Iterator[Path]:
+        """The files of `glob` under the store's folder (taken literally), in DuckDB's sorted
+        order, less those of the runs in `skip` (entries `<prefix>ID`)."""
         folder, entry, name = split(glob)
         files = self.store.files
         assert files is not None
         try:  # a link among the entries is refused: DuckDB would follow it out of the store
-            entries = [e for e in files.listdir(folder, links=False) if matches(entry, e)]
+            entries = [e for e in files.listdir(folder, links=False) if matches(entry, e) and not skipped(entry, e, skip)]
         except NotADirectoryError:
             return
         for found in entries:
@@ -126,13 +128,14 @@ class Scan:
 
     # -- remote: pyarrow reads the files, DuckDB scans them through Arrow ------------------------
 
-    def _remote(self, con: duckdb.DuckDBPyConnection, glob: str, table_schema: pa.Schema) -> str | None:
+    def _remote(self, con: duckdb.DuckDBPyConnection, glob: str, table_schema: pa.Schema,
+                skip: frozenset[str] = frozenset()) -> str | None:
         folder, entry, name = split(glob)
         base = self.store.path(folder) + "/"
         files = []
         for info in self.files(folder):
             parts = info.path[len(base):].split("/")
-            if len(parts) == 2 and parts[1] == name and matches(entry, parts[0]):
+            if len(parts) == 2 and parts[1] == name and matches(entry, parts[0]) and not skipped(entry, parts[0], skip):
                 files.append(info)
         if not files:
             return None
@@ -216,6 +219,11 @@ def _sql_type(arrow: pa.DataType) -> str:
     if pa.types.is_timestamp(arrow):
         return "TIMESTAMPTZ" if arrow.tz else "TIMESTAMP"
     raise TypeError(f"no DuckDB type for {arrow}")
+
+
+def skipped(entry: str, name: str, skip: frozenset[str]) -> bool:
+    """Whether entry `name` of pattern `entry` (`run_id=*`) is the folder of a run in `skip`."""
+    return bool(skip) and entry.endswith("*") and name[len(entry) - 1:] in skip
 
 
 def literal(text: str) -> str:

@@ -25,6 +25,20 @@ train: {{epochs: {epochs}, batch_size: 32, lr: 0.01, checkpoint_every: 1}}
 resources: {{cpus: 1, gpus: 0}}
 """
 
+# A grid whose CIFAR-10 runs raise on the worker (its data dir holds damaged Parquet, see
+# damaged_cifar) while its synthetic runs train: 6 done, 6 failed.
+RAISING_GRID = TINY_GRID.replace("dataset: synthetic", "dataset: [synthetic, cifar10]").replace(
+    "model: [mlp1x512, mlp3x512]", "model: mlp1x512")
+
+
+def damaged_cifar(folder: Path) -> Path:
+    """A data dir whose cifar10 files are not Parquet: a run on it fails only when it loads them."""
+    for split in ("train", "test"):
+        (folder / "cifar10").mkdir(parents=True, exist_ok=True)
+        (folder / "cifar10" / f"{split}.parquet").write_bytes(b"not parquet")
+    return folder
+
+
 # A slower single-model grid, for killing things while it trains (≈ 0.1-0.3 s per epoch here).
 SLOW_GRID = """\
 name: {name}

@@ -17,12 +17,7 @@ import pyarrow.parquet as pq
 from rethink.runner.grid import parse_grid
 from rethink.storage.layout import RunPaths
 from rethink.storage.store import Store
-from tests.runner.conftest import SLOW_GRID, TINY_GRID, rethink, sql
-
-# Zhang's small Inception cannot downsample 4x4 images twice: its runs raise, the MLP's don't
-RAISING_GRID = TINY_GRID.replace("model: [mlp1x512, mlp3x512]", "model: [mlp1x512, inception_small]").replace(
-    "image_size: 8", "image_size: 4")
-
+from tests.runner.conftest import RAISING_GRID, SLOW_GRID, TINY_GRID, damaged_cifar, rethink, sql
 
 def submit(tmp_path: Path, text: str, *extra: str) -> subprocess.CompletedProcess:
     grid = tmp_path / "grid.yaml"
@@ -35,17 +30,18 @@ def states(store: Path) -> dict[str, str]:
 
 
 def test_a_run_that_raises_is_failed_with_its_error(tmp_path):
-    result = submit(tmp_path, RAISING_GRID.format(name="raises", epochs=1))
+    data = damaged_cifar(tmp_path / "data")
+    result = submit(tmp_path, RAISING_GRID.format(name="raises", epochs=1), "--data-dir", str(data))
     assert result.returncode == 1 and "6 done, 6 failed" in result.stdout
-    failed = sql(tmp_path / "s", "select model, status, stop_reason, error from runs where status <> 'done'")
-    assert {(m, s, r) for m, s, r, _ in failed} == {("inception_small", "failed", "error")}
+    failed = sql(tmp_path / "s", "select dataset, status, stop_reason, error from runs where status <> 'done'")
+    assert {(d, s, r) for d, s, r, _ in failed} == {("cifar10", "failed", "error")}
     assert len(failed) == 6 and all(e for *_, e in failed)
     # --quiet, for cluster logs: what happens before the first epoch, then one line per finished run
     lines = result.stderr.splitlines()
     assert lines[0] == "raises: starting an embedded Ray cluster…" and "queued" in lines[1]
     finished = [line for line in lines if line.startswith("raises: [")]
     assert len(finished) == 12 and finished[-1].startswith("raises: [12/12]")
-    assert sum(" failed: " in line and "inception_small" in line for line in finished) == 6
+    assert sum(" failed: " in line and "cifar10" in line for line in finished) == 6
     status = rethink("status", "--store", str(tmp_path / "s"))
     assert status.returncode == 0 and "failed runs" in status.stdout and "Traceback" not in status.stderr
     assert sql(tmp_path / "s", "select count(*) from runs where status = 'running'") == [(0,)]

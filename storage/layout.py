@@ -15,6 +15,7 @@ paths here are relative to its root, Hive-partitioned so DuckDB, pandas and pola
     runs/part=GEN/status.parquet                 compacted: their status rows (same GEN, same runs)
     compaction/newest.json                       the GEN of the newest part a compaction finished
     compaction/lock=NNNN.json                    held while a compaction runs; the highest owns it
+    compaction/retired=GEN.json                  while a compaction deletes: the files part GEN replaced
 
 A part's footer lists the runs it holds. A run's per-run file wins over any part, and the newest
 GEN holding a run wins among parts (storage/parts.py, storage/compact.py). The `*` globs below
@@ -123,6 +124,11 @@ def part_path(table: str, gen: str) -> str:
 
 
 part_glob = part_path  # one part: its path is its own glob (a GEN holds no glob characters)
+
+
+def retired_record(gen: str) -> str:
+    """The record of the files part GEN replaced, while its compaction deletes them (retired.py)."""
+    return f"{COMPACT_LOCKS}/retired={gen}.json"
 
 
 def compact_lock(number: int) -> str:

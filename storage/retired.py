@@ -40,13 +40,11 @@ from rethink.storage import layout
 if TYPE_CHECKING:
     from rethink.storage.store import Store
 
-PREFIX = "retired="
-PATTERN = re.compile(r"retired=(.+)\.json")
+PATTERN = re.compile(r"retired=(.+)\.json")  # a record's name (layout.retired_record)
 Listing = Callable[[str], "list[pafs.FileInfo]"]
 
 
-def record_path(gen: str) -> str:
-    return f"{layout.COMPACT_LOCKS}/{PREFIX}{gen}.json"
+record_path = layout.retired_record
 
 
 def gen_of(path: str) -> str:

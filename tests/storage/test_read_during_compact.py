@@ -6,7 +6,6 @@ counts each row exactly once."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from rethink.storage import compact

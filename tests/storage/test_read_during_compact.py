@@ -62,3 +62,34 @@ def test_reads_during_compactions_never_fail_and_count_each_row_once(tmp_path: P
 def test_on_s3_reads_during_compactions_never_fail(s3_store: str) -> None:
     reads, wrong = _race(s3_store, runs=40, rounds=5)
     assert reads > 5 and not wrong, (reads, wrong[:5])
+
+
+def test_a_streamed_result_that_a_compaction_ran_under_says_to_run_it_again(tmp_path: Path) -> None:
+    from rethink.storage import layout, retired
+    from rethink.storage.errors import QueryError
+    from rethink.storage.query import run_query
+
+    uri = str(tmp_path / "s")
+    store = make_store(uri, {"a": "done", "b": "done"})
+    printed: list[str] = []
+
+    def echo(chunk: str) -> None:  # a compaction finishes while the rows are printed
+        printed.append(chunk)
+        store.write(layout.PARTS_MARKER, retired.new_marker("20260101T000000000000Z-00000000"))
+
+    try:
+        run_query(uri, "select run_id, epoch from epochs order by all", fmt="csv", echo=echo)
+    except QueryError as exc:
+        assert "run the query again" in str(exc) and printed
+    else:
+        raise AssertionError("a result printed while a compaction replaced files was not flagged")
+    # not streamed: run again, quietly, with every row once
+    calls = []
+
+    def work(con):
+        calls.append(1)
+        if len(calls) == 1:
+            store.write(layout.PARTS_MARKER, retired.new_marker("20260101T000000000001Z-00000000"))
+        return con.execute(COUNT).fetchall()
+
+    assert Reader.open(uri).run(work) == [(6, 6, 2)] and len(calls) == 2

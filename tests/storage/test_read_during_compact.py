@@ -55,12 +55,12 @@ def _race(uri: str, runs: int, rounds: int) -> tuple[int, list]:
 
 
 def test_reads_during_compactions_never_fail_and_count_each_row_once(tmp_path: Path) -> None:
-    reads, wrong = _race(str(tmp_path / "s"), runs=120, rounds=12)
-    assert reads > 20 and not wrong, (reads, wrong[:5])
+    reads, wrong = _race(str(tmp_path / "s"), runs=60, rounds=6)
+    assert reads > 5 and not wrong, (reads, wrong[:5])
 
 
 def test_on_s3_reads_during_compactions_never_fail(s3_store: str) -> None:
-    reads, wrong = _race(s3_store, runs=40, rounds=5)
+    reads, wrong = _race(s3_store, runs=30, rounds=4)
     assert reads > 5 and not wrong, (reads, wrong[:5])
 
 

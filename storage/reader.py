@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rethink.storage import layout, parts, retired, schema, views
-from rethink.storage.errors import QueryError, ReadOnlyError
+from rethink.storage.errors import QueryError, ReadOnlyError, StoreError
 from rethink.storage.scans import Scan, literal
 from rethink.storage.store import Store
 from rethink.storage.views import is_schema_mismatch, one_line
@@ -67,7 +67,7 @@ class Reader:
             before = retired.marker_state(self.store)
             try:
                 result = self._run(work, interrupted, summaries)
-            except (QueryError, ReadOnlyError):
+            except (QueryError, ReadOnlyError, StoreError):
                 if rerun == RERUNS or not (retired.marker_state(self.store) != before or retired.records(self.store)):
                     raise
             else:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Callable
 import pyarrow.fs as pafs
 
 from rethink.storage import layout
+from rethink.storage.errors import StoreError
 
 if TYPE_CHECKING:
     from rethink.storage.store import Store
@@ -82,7 +83,13 @@ def records(store: Store, files: Listing | None = None) -> list[Record]:
     for name in sorted(n for n in names if PATTERN.fullmatch(n)):
         relative = f"{layout.COMPACT_LOCKS}/{name}"
         try:
-            body = json.loads(store.read(relative) or b"{}")
+            blob = store.read(relative)
+        except StoreError:  # deleted since the listing (S3 says so as an error): its compaction is done
+            continue
+        if blob is None:
+            continue
+        try:
+            body = json.loads(blob)
             runs = {str(run): (int(v["attempt"]), {str(p): tuple(i) for p, i in v["files"].items()})
                     for run, v in body.get("runs", {}).items()}
             out.append(Record(relative, [str(p) for p in body.get("parts", [])], runs))

@@ -20,8 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rethink.runner.grid import run_row
 from rethink.storage import layout, schema
 from rethink.storage.views import connect
+from rethink.tasks.spec import CorruptionSpec, DataSpec, RunSpec, TrainSpec
 
 SUMMARY = """
 SELECT corruption, level, count(*) AS runs,
@@ -43,15 +45,14 @@ def build(root: Path, runs: int, epochs: int, seed: int = 0) -> None:
     """Write `runs` runs of `epochs` epochs each, split over two experiments."""
     rng = np.random.default_rng(seed)
     (root / layout.MARKER).write_text(json.dumps({"rethink_store": 1}))
-    ids = [f"{i:016x}" for i in range(runs)]
     corruption = np.where(np.arange(runs) % 2 == 0, "labels", "random_pixels")
-    level = np.round(np.arange(runs) % 11 / 10, 1)
+    level = np.where(corruption == "labels", np.round(np.arange(runs) % 11 / 10, 1), 1.0)  # image kinds: 1.0
+    specs = [RunSpec(data=DataSpec(dataset="cifar10"), model="mlp1x512", seed=i, train=TrainSpec(epochs=epochs),
+                     corruption=CorruptionSpec(kind=str(corruption[i]), level=float(level[i])))
+             for i in range(runs)]
+    ids = [spec.run_id for spec in specs]  # real run lists: every config hashes to its run id
     for half, name in enumerate(["bench-a", "bench-b"]):
-        pick = np.arange(runs) % 2 == half
-        rows = [{"experiment": name, "run_id": ids[i], "dataset": "cifar10", "model": "mlp1x512",
-                 "corruption": str(corruption[i]), "level": float(level[i]), "regularizer": "none",
-                 "weight_decay": 0.0, "dropout": 0.0, "augment": False, "seed": i, "epochs": epochs,
-                 "fit_threshold": 0.99} for i in np.flatnonzero(pick)]
+        rows = [run_row(name, specs[i]) for i in range(half, runs, 2)]
         path = root / layout.ExperimentPaths(name).runs
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(schema.table(rows, schema.EXPERIMENT_RUNS), path)

@@ -41,6 +41,26 @@ def config_problem(row: dict) -> str | None:
     return None
 
 
+def _not_identity_pattern() -> str:
+    """A regex matching the settings that are not a run's identity (`"checkpoint_every":"60s",`)
+    in a compact JSON text, for SUSPECT_CONFIGS."""
+    names = "|".join(name for names in NOT_IDENTITY.values() for name in names)
+    return f'"({names})":("[^"]*"|[^,}}]*),?'
+
+
+# The run-list rows whose run id DuckDB cannot confirm in one vectorized pass: it re-serializes
+# each config compactly (as RunSpec.run_id does; the stored text has sorted keys), drops the
+# settings that are not identity and hashes it. 10,000 rows take ≈ 20 ms, against ≈ 0.3 s for
+# config_problem on each; a row it cannot confirm (damaged, or spelled in a way its compact
+# form does not reproduce, e.g. non-ASCII text) gets config_problem's exact check. Parameter:
+# the experiments' names.
+SUSPECT_CONFIGS = f"""SELECT experiment, run_id, config FROM run_list
+WHERE list_contains(?::VARCHAR[], experiment)
+  AND (CASE WHEN json_valid(config)
+            THEN left(sha256(regexp_replace(json(config), '{_not_identity_pattern()}', '')), 16)
+       END) IS DISTINCT FROM run_id"""
+
+
 def _quick_id(config: dict) -> str | None:
     """RunSpec.run_id of a config as rethink writes it (RunSpec.to_dict), without building it."""
     try:

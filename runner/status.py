@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rethink.errors import RethinkError
-from rethink.runner.damage import config_problem, epochs_problem
+from rethink.runner.damage import SUSPECT_CONFIGS, config_problem, epochs_problem
 from rethink.states import RunState
 from rethink.storage.errors import QueryError
 from rethink.storage.reader import Reader
@@ -20,6 +20,7 @@ from rethink.storage.store import DamagedFileError, Store
 from rethink.text import one_line, rich_text
 
 STATES = tuple(RunState)
+NOTED_RUNS = 5  # runs named one note each for one kind of damage; the rest are counted in one note
 
 
 def status_tables(store_uri: str, name: str | None = None) -> list[Table | Text]:
@@ -46,7 +47,7 @@ def status_tables(store_uri: str, name: str | None = None) -> list[Table | Text]
         for experiment in names:
             _show_views(seen[experiment], store, experiment, counts, failed, notes)
         for experiment in names:
-            _note_configs(store, experiment, notes)
+            _note_configs(store, experiment, notes, seen[experiment].suspects)
     out: list[Table | Text] = [counts, failed] if failed.row_count else [counts]
     return out + [rich_text(f"note: {one_line(note)}") for note in notes]
 
@@ -64,6 +65,7 @@ class _Views:
     twice: list[str] = field(default_factory=list)  # runs whose file holds an epoch more than once
     foreign: list[str] = field(default_factory=list)  # runs whose file holds rows of another run
     versions: set[str] = field(default_factory=set)  # the code versions its runs record
+    suspects: list[dict] = field(default_factory=list)  # run-list rows SQL could not confirm (damage.py)
 
 
 # One query for every experiment shown (each reads every epochs file of a store not yet
@@ -95,6 +97,8 @@ def _read_views(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, _V
         views.foreign += foreign or []
         views.versions.update(versions or [])
         views.failed += [tuple(row) for row in failed or []]
+    for experiment, run_id, config in db.execute(SUSPECT_CONFIGS, [names]).fetchall():
+        seen[experiment].suspects.append({"run_id": run_id, "config": config})
     return seen
 
 
@@ -132,7 +136,7 @@ def _from_status_files(store: Store, experiment: str, counts: Table, failed: Tab
                      "writes it again from the frozen grid")
         return
     tally = {s: 0 for s in STATES}
-    done_epochs, running = 0, []
+    done_epochs, running, damaged = 0, [], []
     for row in configs:
         status = store.read_status(row["run_id"]) or {}
         state = RunState(status.get("status") or RunState.PENDING)
@@ -143,12 +147,16 @@ def _from_status_files(store: Store, experiment: str, counts: Table, failed: Tab
         # a run not done may lag its status by an epoch: only damage is noted for it, not loss
         problem = epochs_problem(store, row["run_id"], (status.get("epochs_done") or 0) if state == RunState.DONE else 0)
         if problem is not None:
-            notes.append(f"{experiment}: run {row['run_id']} damaged: {problem}; "
-                         f"`rethink resume {experiment}` trains it again")
+            damaged.append((row["run_id"], problem))
         if state == RunState.FAILED:
             failed.add_row(*(rich_text(one_line(v)) for v in (
                 experiment, row["run_id"], row["model"], row["corruption"], row["level"], row["seed"],
                 status.get("attempts") or 0, status.get("error") or "")))
+    for run_id, problem in damaged[:NOTED_RUNS]:
+        notes.append(f"{experiment}: run {run_id} damaged: {problem}; `rethink resume {experiment}` trains it again")
+    if len(damaged) > NOTED_RUNS:
+        notes.append(f"{experiment}: {_some([run_id for run_id, _ in damaged[NOTED_RUNS:]])} more with damaged "
+                     f"epoch rows; `rethink resume {experiment}` trains them again")
     total = sum(row["epochs"] for row in configs)
     counts.add_row(rich_text(experiment), *(str(tally[s]) for s in STATES), str(len(configs)),
                    f"{done_epochs}/{total}")
@@ -165,10 +173,12 @@ def _note_configs(store: Store, experiment: str, notes: list[str], rows: list[di
         notes.append(f"{experiment}: its run list cannot be read ({exc}); `rethink resume {experiment}` "
                      "writes it again from the frozen grid")
         return
-    for row in rows:
-        problem = config_problem(row)
-        if problem is not None:
-            notes.append(f"{experiment}: run {row.get('run_id')} damaged: {problem}; resume cannot train it")
+    damaged = [(row.get("run_id"), problem) for row in rows if (problem := config_problem(row)) is not None]
+    for run_id, problem in damaged[:NOTED_RUNS]:
+        notes.append(f"{experiment}: run {run_id} damaged: {problem}; resume cannot train it")
+    if len(damaged) > NOTED_RUNS:  # a note a run would bury the rest: the others are counted
+        rest = [str(run_id) for run_id, _ in damaged[NOTED_RUNS:]]
+        notes.append(f"{experiment}: {_some(rest)} more damaged in runs.parquet; resume cannot train them")
 
 
 def _note_orphans(store: Store, experiment: str, running: list[str], notes: list[str]) -> None:

@@ -149,6 +149,7 @@ def create_views(con: duckdb.DuckDBPyConnection, epochs: str, config: str, statu
     if summaries:  # memorization, fit_time, gaps, probes: storage/summaries.py
         create_summaries(con)
     con.execute(EPOCH_COPIES_SQL.format(rows=epochs))
+    con.execute(f"CREATE OR REPLACE VIEW run_list AS {config}")  # the run lists as stored, for checks
     thresholds = [row[0] for row in con.execute(
         f"SELECT DISTINCT coalesce(fit_threshold, {DEFAULT_FIT_THRESHOLD}) FROM ({config}) ORDER BY 1").fetchall()]
     con.execute(RUNS_SQL.format(config=config, status=status, **_fit_sql(thresholds)))

@@ -107,3 +107,29 @@ def test_store_text_is_shown_as_text_by_status(tmp_path, monkeypatch):
     assert "\x1b]0;" not in status.stdout and "\x1b[2J" not in status.stdout
     flat = "".join(status.stdout.split())
     assert "[/red]" in flat and "[i]x" in flat and "\\x1b]0" in flat  # the escape shown, not acted on
+
+
+def test_configs_are_confirmed_in_sql_and_many_damaged_ones_are_counted_not_listed(tmp_path, monkeypatch):
+    """status confirms a real run list in one SQL pass (damage.SUSPECT_CONFIGS finds no row to
+    check in Python), and past NOTED_RUNS damaged rows it names five and counts the rest."""
+    from rethink.runner.damage import SUSPECT_CONFIGS
+    from rethink.runner.status import NOTED_RUNS
+    from rethink.storage.reader import Reader
+    from rethink.storage.store import Store
+
+    store, run_ids = _submit(tmp_path, monkeypatch)
+    suspects = Reader(Store.open(store)).run(lambda db: db.execute(SUSPECT_CONFIGS, [["dmg"]]).fetchall())
+    assert suspects == []
+    runs = store / ExperimentPaths("dmg").runs
+    rows = pq.read_table(runs).to_pylist()
+    for row in rows:  # every row damaged: the run id of another config
+        config = json.loads(row["config"])
+        config["seed"] += 100
+        row["config"] = json.dumps(config, sort_keys=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(runs)), runs)
+    status = rethink("status", "dmg", "--store", str(store))
+    assert status.returncode == 0 and "Traceback" not in status.stderr
+    notes = [line for line in status.stdout.splitlines() if "damaged" in line or "more damaged" in line]
+    named = [line for line in notes if "hashes to run id" in line]
+    assert len(named) == NOTED_RUNS < len(run_ids)
+    assert f"dmg: {len(run_ids) - NOTED_RUNS} run" in status.stdout and "more damaged in runs.parquet" in status.stdout

@@ -15,6 +15,7 @@ from rethink.errors import RethinkError
 from rethink.runner.damage import SUSPECT_CONFIGS, config_problem, epochs_problem
 from rethink.states import RunState
 from rethink.storage.errors import QueryError
+from rethink.storage.layout import ExperimentPaths
 from rethink.storage.reader import Reader
 from rethink.storage.store import DamagedFileError, Store
 from rethink.text import one_line, rich_text
@@ -168,7 +169,10 @@ def _note_configs(store: Store, experiment: str, notes: list[str], rows: list[di
     """One note per run-list row that cannot be trusted (runner/damage.py), and one for a run
     list that cannot be read at all."""
     try:
-        rows = store.experiment_rows(experiment) if rows is None else rows
+        if rows is None:
+            rows = store.experiment_rows(experiment)
+        else:  # rows SQL could not confirm; the file's own limits are checked from its footer
+            store.check_table(ExperimentPaths(experiment).runs)
     except DamagedFileError as exc:
         notes.append(f"{experiment}: its run list cannot be read ({exc}); `rethink resume {experiment}` "
                      "writes it again from the frozen grid")

@@ -225,6 +225,17 @@ class Store(Claims):
         except (pa.ArrowInvalid, OSError) as exc:
             raise DamagedFileError(f"{relative} is damaged: {' '.join(str(exc).split())}") from None
 
+    def check_table(self, relative: str) -> None:
+        """Refuse (DamagedFileError) a Parquet file past its limits or whose footer cannot be read,
+        reading only the footer: for files others read whole (DuckDB, through the views)."""
+        with self.open_file(relative) as found:
+            if found is None:
+                return
+            try:
+                limits.check_parquet(relative, pq.ParquetFile(found[0]).metadata)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DamagedFileError(f"{relative} is damaged: {' '.join(str(exc).split())}") from None
+
     def read_arrow(self, relative: str) -> pa.Table | None:
         """The file's rows as Arrow, read through `open_file` with its limits; None when absent."""
         with self.open_file(relative) as found:

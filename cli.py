@@ -255,8 +255,9 @@ def logs(
 ) -> None:
     """The driver log of NAME's newest job on a remote cluster (`submit --cluster`)."""
     from rethink.runner.cluster import job_logs
+    from rethink.text import visible
 
-    typer.echo(job_logs(cluster, name), nl=False)
+    typer.echo(visible(job_logs(cluster, name), keep="\n\t"), nl=False)  # a log may quote store text
 
 
 @app.command()

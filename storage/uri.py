@@ -278,6 +278,12 @@ def network_failure(exc: BaseException) -> str | None:
     if isinstance(exc, socket.gaierror) or "curlCode: 6," in text or "resolve host" in text \
             or "Name or service not known" in text:
         return "unknown host"
+    if any(f"curlCode: {code}," in text for code in (52, 56)) or "Empty reply from server" in text \
+            or "Connection reset" in text or isinstance(exc, ConnectionResetError):
+        return "connection closed without an answer"
+    if any(f"curlCode: {code}," in text for code in (1, 8, 35)) or "Received HTTP/0.9" in text \
+            or "Weird server reply" in text:
+        return "no HTTP answer"
     if "curlCode: 7," in text or "CURL error [7]" in text or "Could not connect" in text \
             or name in ("EndpointConnectionError", "ConnectionClosedError") or isinstance(exc, ConnectionError):
         return "could not connect"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rethink.errors import RethinkError
-from rethink.runner import watchdog
+from rethink.runner import signals, watchdog
 from rethink.runner.grid import Resources
 from rethink.runner.outcomes import PackResult
 from rethink.runner.progress import Progress
@@ -86,15 +87,33 @@ def connect_ray(address: str | None, quiet: bool) -> bool:
         # an embedded cluster is this driver's alone: a watchdog ends it when the driver ends
         with watchdog.started() if address == "local" else nullcontext():
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=not quiet, **kwargs)
+            signals.rearm()  # Ray's handlers print a stack dump on SIGTERM and skip our clean stop
             if address == "local":
                 node = getattr(ray._private.worker, "_global_node", None)
                 watchdog.tell(node.get_session_dir_path() if node is not None else None)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise RethinkError(f"cannot reach the Ray cluster at '{address}': {' '.join(str(exc).split())}") from None
+    except SystemExit as exc:  # SIGTERM met Ray's handler, set while ray.init ran: our stop all the same
+        if exc.code == signal.SIGTERM:
+            raise signals.Terminated() from None
+        raise
     return True
 
 
 def run_experiment(
+    store: Store, name: str, runs: list[RunSpec], resources: Resources, data_dir: Path | str,
+    *, address: str | None = None, quiet: bool = False, pack_size: int = 0, prepare=None,
+) -> Summary:
+    """`_run_experiment` with SIGTERM taken as Ctrl-C (runner/signals.py): one line, runs resumable."""
+    try:
+        with signals.sigterm_as_interrupt():
+            return _run_experiment(store, name, runs, resources, data_dir, address=address, quiet=quiet,
+                                   pack_size=pack_size, prepare=prepare)
+    except KeyboardInterrupt as exc:  # before the grid's loop (while Ray starts): nothing to stop yet
+        raise Interrupted.of(name, signals.terminated(exc), started=False) from None
+
+
+def _run_experiment(
     store: Store, name: str, runs: list[RunSpec], resources: Resources, data_dir: Path | str,
     *, address: str | None = None, quiet: bool = False, pack_size: int = 0, prepare=None,
 ) -> Summary:
@@ -171,9 +190,9 @@ def run_experiment(
                     busy = _relaunch_free(store, busy, launch, summary, progress, waits)
                 progress.refresh(store, [r for p in in_flight.values() for r in p])
                 progress.tick()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         summary.cancelled = True
-        raise Interrupted(f"interrupted; the grid is resumable: `rethink resume {name}`") from None
+        raise Interrupted.of(name, signals.terminated(exc)) from None
     finally:
         if in_flight:
             _stop(in_flight, store, StopReason.CANCELLED if store.cancel_requested(name) else StopReason.INTERRUPTED)
@@ -225,9 +244,18 @@ def _shutdown(embedded: bool) -> None:
 
 
 class Interrupted(RethinkError):
-    """Ctrl-C: the tasks were stopped and the grid left resumable."""
+    """Ctrl-C or SIGTERM: the tasks were stopped and the grid left resumable."""
 
     exit_code = 130
+
+    @classmethod
+    def of(cls, name: str, terminated: bool, started: bool = True) -> Interrupted:
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        stop = cls(f"{what}; the grid is resumable: `rethink resume {name}`" if started else
+                   f"{what} while Ray started, before any run of {name} was scheduled")
+        if terminated:
+            stop.exit_code = 143  # 128 + SIGTERM, as a shell reports a process it ended
+        return stop
 
 
 def _check_feasible(resources: Resources, owns_ray: bool) -> None:

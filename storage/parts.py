@@ -81,34 +81,53 @@ def sources(store: Store, table: Table, files: Listing | None = None) -> list[So
 
 
 def list_parts(store: Store, table: Table, files: Listing | None = None) -> list[Part]:
-    """The table's parts in the store now, oldest GEN first (footers cached per Store)."""
+    """The table's parts in the store now, oldest GEN first (footers cached per Store). A part
+    whose footer cannot be read is no source (its runs read as having no rows there, which
+    status notes and resume retrains), and is remembered for `damaged_parts`: the views refuse
+    to count without it rather than give short counts."""
     cache = _cache(store)["footers"]
-    found = []
+    found, damaged = [], {}
     for gen in sorted(g for g in _entries(store, table, layout.PART_PREFIX, files) if layout.GEN_PATTERN.fullmatch(g)):
         path = layout.part_path(table, gen)
         if path not in cache:
-            runs = read_footer(store, path)
+            try:
+                runs = read_footer(store, path)
+            except DamagedFileError as exc:
+                damaged[path] = str(exc)
+                continue
             if runs is None:
-                continue  # gone since the listing, or not a part rethink wrote: not a source
+                continue  # gone since the listing (a compaction merged it): not a source
             cache[path] = runs
         found.append(Part(gen, path, cache[path]))
+    _cache(store)["damaged"][table] = damaged
     return found
 
 
+def damaged_parts(store: Store) -> dict[str, str]:
+    """{path: why} of the parts the Store's latest listings met and could not read."""
+    return {path: why for listed in _cache(store)["damaged"].values() for path, why in listed.items()}
+
+
 def read_footer(store: Store, path: str) -> dict[str, int] | None:
-    """{run_id: rows} from a part's footer; None when the file is absent or holds no such list."""
+    """{run_id: rows} from a part's footer; None when the file is absent; DamagedFileError when
+    it cannot be read, is past its limits or holds no such list (damaged, or not rethink's)."""
     try:
         with store.open_file(path) as found:  # no link followed; past its size limit: damaged
             if found is None:
                 return None
             meta = pq.ParquetFile(found[0]).metadata.metadata or {}
-    except (pa.ArrowInvalid, OSError, DamagedFileError):
+    except FileNotFoundError:
         return None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DamagedFileError(f"{path} is damaged: {' '.join(str(exc).split())}") from None
     try:
         runs = json.loads(meta.get(RUNS_KEY, b"null"))
-    except ValueError:
-        return None
-    return {str(k): int(v) for k, v in runs.items()} if isinstance(runs, dict) else None
+        held = {str(k): int(v) for k, v in runs.items()} if isinstance(runs, dict) else None
+    except (ValueError, TypeError, AttributeError):
+        held = None
+    if held is None:
+        raise DamagedFileError(f"{path} is damaged: its footer holds no list of the runs in it")
+    return held
 
 
 def per_run_ids(store: Store, table: Table, candidates: set[str], files: Listing | None = None) -> set[str]:
@@ -251,7 +270,7 @@ def _cache(store: Store) -> dict:
     part listing per table with the marker it was taken under."""
     cache = _CACHES.get(store)
     if cache is None:
-        cache = {"footers": {}, "status": {}, "listing": {}}
+        cache = {"footers": {}, "status": {}, "listing": {}, "damaged": {}}
         _CACHES[store] = cache
     return cache
 

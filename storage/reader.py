@@ -123,12 +123,25 @@ def connect(store: Store | str, union_by_name: bool | None = None, summaries: bo
         epochs = scan.table(con, parts.sources(store, "epochs", files), schema.EPOCHS, union_by_name)
         config = scan.table(con, [parts.Source(layout.EXPERIMENT_RUNS_GLOB)], schema.EXPERIMENT_RUNS, True)
         status = scan.table(con, parts.sources(store, "status", files), schema.STATUS, union_by_name)
+        _refuse_damaged_parts(store)
         views.create_views(con, epochs=epochs, config=config, status=status, summaries=summaries)
         lock(con, folder)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _refuse_damaged_parts(store: Store) -> None:
+    """A part that cannot be read is no source (parts.list_parts), so the views would count
+    without its rows, silently short: refuse instead, in one line that says the way out."""
+    damaged = parts.damaged_parts(store)
+    if damaged:
+        path, why = sorted(damaged.items())[0]
+        more = f" (and {len(damaged) - 1} more part)" if len(damaged) > 1 else ""
+        raise QueryError(f"{one_line(why)}{more}; the views would count without its rows. `rethink status` "
+                         "names the runs that lost rows and `rethink resume NAME` trains them again; then "
+                         f"remove {path} (rethink deletes no file it cannot read as its own)")
 
 
 def lock(con: duckdb.DuckDBPyConnection, folder: str | None) -> None:

@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from rethink.storage import layout, parts, retired, schema, views
+from rethink.storage import integrity, layout, parts, retired, schema, views
 from rethink.storage.errors import QueryError, ReadOnlyError, StoreError
 from rethink.storage.scans import Scan, literal
 from rethink.storage.store import Store
@@ -101,7 +101,7 @@ class Reader:
                     raise ReadOnlyError(f"queries read only the store's own files: {one_line(exc)}") from None
                 if union_by_name is None and is_schema_mismatch(exc):
                     continue
-                raise QueryError(one_line(exc)) from None
+                raise QueryError(_located(self.store, exc)) from None
             finally:
                 if con is not None:
                     con.close()
@@ -130,6 +130,20 @@ def connect(store: Store | str, union_by_name: bool | None = None, summaries: bo
         con.close()
         raise
     return con
+
+
+def _located(store: Store, exc: duckdb.Error) -> str:
+    """DuckDB's line, and for a file that failed to decode, which one and what to do: a corrupt
+    page in a per-run file fails with no path at all (storage/integrity.py)."""
+    said = one_line(exc)
+    if not (type(exc) is duckdb.Error or (isinstance(exc, (duckdb.IOException, duckdb.InvalidInputException))
+                                          and ("parquet" in said.lower() or "file" in said.lower()))):
+        return said
+    found = integrity.first_damaged(store)
+    if found is None:
+        return said
+    relative, why = found
+    return f"{relative} is damaged and cannot be read ({why}); {integrity.advice(relative)}"
 
 
 def _refuse_damaged_parts(store: Store) -> None:

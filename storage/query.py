@@ -33,6 +33,7 @@ from rethink.storage.views import check_read_only, one_line
 
 FORMATS = ("table", "csv", "json", "parquet")
 BATCH_ROWS = 65_536  # rows fetched and written at a time
+HOLD_CHARS = 1 << 18  # a streamed result this short is printed whole once its read is known good
 
 
 def run_query(store: str, sql: str, fmt: str = "table", out: str | None = None,
@@ -57,8 +58,12 @@ def run_query(store: str, sql: str, fmt: str = "table", out: str | None = None,
             printed[0] = True
             return echo(chunk)  # type: ignore[misc]
 
-        return reader.run(lambda con: _run_once(con, sql, fmt, target, out, watch, shown if echo else None),
+        held = reader.run(lambda con: _run_once(con, sql, fmt, target, out, watch, shown if echo else None),
                           interrupted=watch.check, redone=lambda: not printed[0])
+    if echo is not None and held is not None:  # a streamed result short enough to be held back whole
+        echo(held)
+        return None
+    return held
 
 
 def _run_once(con: duckdb.DuckDBPyConnection, sql: str, fmt: str, target: Path | None, out: str | None,
@@ -105,17 +110,20 @@ def _run_once(con: duckdb.DuckDBPyConnection, sql: str, fmt: str, target: Path |
             watch.con = None
 
 
-def _stream(chunks: Iterable[str], echo: Callable[[str], object]) -> None:
-    """Hand the chunks to `echo` as they come, ending with one newline. The first two are held
-    back: by then the first batch has been read, which is where a file of an older schema fails
-    and the query is run again (reader.py); an error after printing began is not retried (it
-    would print rows twice) but said in one line."""
-    held, printed, last = [], False, ""
+def _stream(chunks: Iterable[str], echo: Callable[[str], object]) -> str | None:
+    """Hand the chunks to `echo` as they come, ending with one newline. The first two, and up to
+    HOLD_CHARS, are held back: by then the first batch has been read, which is where a file of an
+    older schema fails and the query is run again (reader.py); an error after printing began is
+    not retried (it would print rows twice) but said in one line. A result that ends within what
+    is held is returned, not echoed: run_query prints it once the read is known good, so a
+    compaction that ran under a short query reruns it instead of failing it (Reader.run)."""
+    held, size, printed, last = [], 0, False, ""
     try:
         for chunk in chunks:
             if not printed:
                 held.append(chunk)
-                if len(held) < 2:
+                size += len(chunk)
+                if len(held) < 2 or size < HOLD_CHARS:
                     continue
                 chunk, held, printed = "".join(held), [], True
             if chunk:
@@ -125,10 +133,8 @@ def _stream(chunks: Iterable[str], echo: Callable[[str], object]) -> None:
         if printed:
             raise QueryError(f"the result broke off after some rows: {one_line(exc)}") from None
         raise
-    rest = "".join(held).rstrip("\n") if not printed else ""
-    if rest:
-        echo(rest)
-        last = rest
+    if not printed:
+        return "".join(held).rstrip("\n") + "\n"
     if not last.endswith("\n"):
         echo("\n")
     return None

@@ -64,11 +64,13 @@ def test_on_s3_reads_during_compactions_never_fail(s3_store: str) -> None:
     assert reads > 5 and not wrong, (reads, wrong[:5])
 
 
-def test_a_streamed_result_that_a_compaction_ran_under_says_to_run_it_again(tmp_path: Path) -> None:
-    from rethink.storage import layout, retired
+def test_a_streamed_result_that_a_compaction_ran_under_says_to_run_it_again(tmp_path: Path, monkeypatch) -> None:
+    from rethink.storage import layout, query, retired
     from rethink.storage.errors import QueryError
     from rethink.storage.query import run_query
 
+    monkeypatch.setattr(query, "BATCH_ROWS", 1)  # rows printed before the stream ends
+    monkeypatch.setattr(query, "HOLD_CHARS", 1)
     uri = str(tmp_path / "s")
     store = make_store(uri, {"a": "done", "b": "done"})
     printed: list[str] = []
@@ -93,3 +95,25 @@ def test_a_streamed_result_that_a_compaction_ran_under_says_to_run_it_again(tmp_
         return con.execute(COUNT).fetchall()
 
     assert Reader.open(uri).run(work) == [(6, 6, 2)] and len(calls) == 2
+
+
+def test_a_short_streamed_result_that_a_compaction_ran_under_is_run_again_and_printed_once(tmp_path: Path,
+                                                                                            monkeypatch) -> None:
+    """A result that ends within what `_stream` holds back is printed only once the read is known
+    good: a compaction finishing under it reruns it quietly (it used to fail `rethink query`)."""
+    from rethink.storage import layout, query, retired
+
+    uri = str(tmp_path / "s")
+    store = make_store(uri, {"a": "done", "b": "done"})
+    first, calls = query._run_once, []
+
+    def run_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # a compaction finishes while the first attempt reads
+            store.write(layout.PARTS_MARKER, retired.new_marker("20260101T000000000002Z-00000000"))
+        return first(*args, **kwargs)
+
+    monkeypatch.setattr(query, "_run_once", run_once)
+    printed: list[str] = []
+    assert query.run_query(uri, COUNT, fmt="csv", echo=printed.append) is None
+    assert len(calls) == 2 and "".join(printed).splitlines()[1:] == ["6,6,2"], printed

@@ -63,8 +63,12 @@ def _run_list(store: Store, name: str, text: str, grid: Grid) -> tuple[list[RunS
         print(f"note: {one_line(exc)}; written again from {name}'s frozen grid", file=sys.stderr)
         rows = []
         store.write_table(ExperimentPaths(name).runs, [run_row(name, run) for run in grid.runs], EXPERIMENT_RUNS)
-    if not rows:
-        store.save_experiment(name, text, [run_row(name, run) for run in grid.runs])
+    if not rows:  # absent, or a file of no rows (no grid has none): the frozen grid makes them again
+        if store.exists(ExperimentPaths(name).runs):
+            print(f"note: {name}'s run list holds no runs; written again from its frozen grid", file=sys.stderr)
+            store.write_table(ExperimentPaths(name).runs, [run_row(name, run) for run in grid.runs], EXPERIMENT_RUNS)
+        else:
+            store.save_experiment(name, text, [run_row(name, run) for run in grid.runs])
         rows = store.experiment_rows(name)
     runs, unusable = usable_specs(rows)
     if not runs:

@@ -76,8 +76,11 @@ def _quick_id(config: dict) -> str | None:
 
 def usable_specs(rows: list[dict]) -> tuple[list[RunSpec], dict[str, str]]:
     """The runs of a run list that can be trusted, and {run id: why not} for the others."""
-    specs, bad = [], {}
+    specs, bad, seen = [], {}, set()
     for row in rows:
+        if row.get("run_id") in seen:
+            continue  # a row twice in the run list is one run (the views count it once too)
+        seen.add(row.get("run_id"))
         problem = config_problem(row)
         if problem is None:
             specs.append(RunSpec.from_dict(json.loads(row["config"])))

@@ -107,7 +107,10 @@ def _show_views(views: _Views, store: Store, experiment: str, counts: Table, fai
                 notes: list[str]) -> None:
     rows = views.states
     counts.add_row(rich_text(experiment), *(str(rows.get(s, 0)) for s in STATES), str(sum(rows.values())),
-                   f"{views.done}/{views.planned}")
+                   f"{views.done}/{views.planned or 0}")
+    if not rows:  # no grid has no runs: its run list lost them
+        notes.append(f"{experiment}: its run list (runs.parquet) holds no runs; `rethink resume {experiment}` "
+                     "writes it again from the frozen grid")
     for row in views.failed:
         failed.add_row(rich_text(experiment), *(rich_text(one_line("" if v is None else v)) for v in row))
     _note_orphans(store, experiment, views.running, notes)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rethink.errors import RethinkError
-from rethink.runner import signals, watchdog
+from rethink.runner import raylogs, signals, watchdog
 from rethink.runner.grid import Resources
 from rethink.runner.outcomes import PackResult
 from rethink.runner.progress import Progress
@@ -83,15 +83,21 @@ def connect_ray(address: str | None, quiet: bool) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs = {"include_dashboard": False} if address == "local" else {}
+    said: list[str] = []
     try:
-        # an embedded cluster is this driver's alone: a watchdog ends it when the driver ends
-        with watchdog.started() if address == "local" else nullcontext():
+        # an embedded cluster is this driver's alone: a watchdog ends it when the driver ends;
+        # a join's own stderr is held back: a refused token is one line, not 20 s of Ray's retries
+        with watchdog.started() if address == "local" else raylogs.held_stderr() as said:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=not quiet, **kwargs)
             signals.rearm()  # Ray's handlers print a stack dump on SIGTERM and skip our clean stop
             if address == "local":
                 node = getattr(ray._private.worker, "_global_node", None)
                 watchdog.tell(node.get_session_dir_path() if node is not None else None)
+        raylogs.replay(said or [])
     except (ConnectionError, ValueError, RuntimeError) as exc:
+        if raylogs.refused_token(said or []):
+            raise RethinkError(f"the Ray cluster at '{address}' refused this driver's token: set RAY_AUTH_MODE=token "
+                               "and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token") from None
         raise RethinkError(f"cannot reach the Ray cluster at '{address}': {' '.join(str(exc).split())}") from None
     except SystemExit as exc:  # SIGTERM met Ray's handler, set while ray.init ran: our stop all the same
         if exc.code == signal.SIGTERM:

@@ -253,7 +253,7 @@ class Store(Claims):
         old = self.read(paths.grid)
         if old is None:
             return False
-        if old.decode() != grid_text:
+        if _grid_text(paths.grid, old) != grid_text:
             raise StoreError(
                 f"experiment '{name}' already exists in this store with a different grid; "
                 f"rename it, or `rethink resume {name}` to finish the existing one"
@@ -278,7 +278,7 @@ class Store(Claims):
         if blob is None:
             known = ", ".join(self.experiments()) or "none yet"
             raise StoreError(f"no experiment '{name}' in store '{self.uri}' (experiments: {known})")
-        return blob.decode()
+        return _grid_text(ExperimentPaths(name).grid, blob)
 
     def experiment_rows(self, name: str) -> list[dict]:
         self.experiment_grid(name)
@@ -395,3 +395,12 @@ class Store(Claims):
 
     def delete_checkpoint(self, run_id: str, epoch: int) -> None:
         self.delete(RunPaths(run_id).checkpoint(epoch))
+
+
+def _grid_text(relative: str, blob: bytes) -> str:
+    """A frozen grid's text: rethink writes it as UTF-8, so other bytes are damage, one line."""
+    try:
+        return blob.decode()
+    except UnicodeDecodeError as exc:
+        raise DamagedFileError(f"{relative} is damaged: it is not UTF-8 text (byte {exc.start}); put back the grid "
+                               "file the experiment was submitted with") from None

@@ -52,3 +52,16 @@ def test_a_run_listed_twice_is_one_run(tmp_path: Path) -> None:
     rows = store.experiment_rows("rl")
     runs, unusable = usable_specs(rows + rows[:1])
     assert len(runs) == len(grid.runs) == len({spec.run_id for spec in runs}) and not unusable
+
+
+def test_a_frozen_grid_of_bytes_that_are_not_text_is_one_line(tmp_path: Path) -> None:
+    """It used to end every command naming the experiment in a UnicodeDecodeError traceback."""
+    from tests.runner.conftest import rethink
+
+    store, _, _ = frozen(tmp_path / "store")
+    (Path(store.root) / ExperimentPaths("rl").grid).write_bytes(bytes(range(256)) * 4)
+    for args in (["status", "rl"], ["compact", "rl"], ["resume", "rl", "--quiet"], ["cancel", "rl"]):
+        done = rethink(*args, "--store", store.uri)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 1 and len(lines) == 1, (args, done.stderr[-2000:])
+        assert "grid.yaml is damaged: it is not UTF-8 text" in lines[0], lines

@@ -57,18 +57,19 @@ def _run_list(store: Store, name: str, text: str, grid: Grid) -> tuple[list[RunS
     """The runs to resume, and {run id: why not} for rows of the run list that cannot be trusted
     (runner/damage.py). A run list that is absent (the submit that froze the grid died first) or
     not Parquet is written again from the frozen grid, which makes the same rows."""
+    path, frozen = ExperimentPaths(name).runs, [run_row(name, run) for run in grid.runs]
     try:
         rows = store.experiment_rows(name)
     except DamagedFileError as exc:
         print(f"note: {one_line(exc)}; written again from {name}'s frozen grid", file=sys.stderr)
-        rows = []
-        store.write_table(ExperimentPaths(name).runs, [run_row(name, run) for run in grid.runs], EXPERIMENT_RUNS)
+        store.write_table(path, frozen, EXPERIMENT_RUNS)
+        rows = store.experiment_rows(name)
     if not rows:  # absent, or a file of no rows (no grid has none): the frozen grid makes them again
-        if store.exists(ExperimentPaths(name).runs):
+        if store.exists(path):
             print(f"note: {name}'s run list holds no runs; written again from its frozen grid", file=sys.stderr)
-            store.write_table(ExperimentPaths(name).runs, [run_row(name, run) for run in grid.runs], EXPERIMENT_RUNS)
+            store.write_table(path, frozen, EXPERIMENT_RUNS)
         else:
-            store.save_experiment(name, text, [run_row(name, run) for run in grid.runs])
+            store.save_experiment(name, text, frozen)
         rows = store.experiment_rows(name)
     runs, unusable = usable_specs(rows)
     if not runs:

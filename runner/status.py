@@ -65,6 +65,7 @@ class _Views:
     lost: list[str] = field(default_factory=list)  # done runs with fewer epoch rows than epochs done
     twice: list[str] = field(default_factory=list)  # runs whose file holds an epoch more than once
     foreign: list[str] = field(default_factory=list)  # runs whose file holds rows of another run
+    odd: list[str] = field(default_factory=list)  # runs whose status row rethink never writes
     versions: set[str] = field(default_factory=set)  # the code versions its runs record
     suspects: list[dict] = field(default_factory=list)  # run-list rows SQL could not confirm (damage.py)
 
@@ -77,6 +78,8 @@ _COUNTS = """SELECT experiment, status, count(*), sum(coalesce(epochs_done, 0)),
        list(run_id ORDER BY run_id) FILTER (WHERE status = 'done' AND coalesce(epoch_rows, 0) < epochs_done),
        list(run_id ORDER BY run_id) FILTER (WHERE duplicate_rows > 0),
        list(run_id ORDER BY run_id) FILTER (WHERE foreign_rows > 0),
+       list(run_id ORDER BY run_id) FILTER (WHERE status NOT IN ('pending', 'running', 'done', 'failed')
+                                           OR epochs_done < 0 OR attempts < 0),
        list(DISTINCT coalesce(git_commit, rethink_version)) FILTER (WHERE rethink_version IS NOT NULL),
        list([run_id, model, corruption, level::VARCHAR, seed::VARCHAR, attempts::VARCHAR, error] ORDER BY run_id)
            FILTER (WHERE status = 'failed')
@@ -85,7 +88,7 @@ FROM runs WHERE list_contains(?::VARCHAR[], experiment) GROUP BY experiment, sta
 
 def _read_views(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, _Views]:
     seen = {name: _Views() for name in names}
-    for experiment, state, runs, done, planned, running, lost, twice, foreign, versions, failed in db.execute(
+    for experiment, state, runs, done, planned, running, lost, twice, foreign, odd, versions, failed in db.execute(
             _COUNTS, [names]).fetchall():
         views = seen[experiment]
         views.states[state] = runs
@@ -96,6 +99,7 @@ def _read_views(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, _V
         views.lost += lost or []
         views.twice += twice or []
         views.foreign += foreign or []
+        views.odd += odd or []
         views.versions.update(versions or [])
         views.failed += [tuple(row) for row in failed or []]
     for experiment, run_id, config in db.execute(SUSPECT_CONFIGS, [names]).fetchall():
@@ -124,6 +128,9 @@ def _show_views(views: _Views, store: Store, experiment: str, counts: Table, fai
     if views.foreign:
         notes.append(f"{experiment}: {_some(views.foreign)} damaged: an epoch file holds rows of another run "
                      f"(the views leave them out); `rethink resume {experiment}` rewrites them")
+    if views.odd:
+        notes.append(f"{experiment}: {_some(sorted(views.odd))} damaged: a status file holds a state, epoch or attempt "
+                     f"count rethink never writes; `rethink resume {experiment}` trains them again")
     if len(versions) > 1:
         notes.append(f"{experiment}: its runs come from {len(versions)} code versions ({', '.join(versions)}); "
                      "compare them with `rethink query \"select git_commit, rethink_version, count(*) from runs "

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
 
 from rethink import streams
 from rethink.errors import RethinkError, os_error
-from rethink.text import one_line
+from rethink.text import one_line, redacted
 
 
 class _OneLineErrors(TyperGroup):
@@ -54,13 +54,20 @@ class _OneLineErrors(TyperGroup):
 
 
 def _die(message: str, code: int) -> None:
-    """One line on stderr, shown as text (a store's error may hold terminal control), and exit."""
+    """One line on stderr, shown as text (a store's error may hold terminal control), with
+    anything credential-shaped masked (a --cluster or $RAY_ADDRESS with a user:password, a
+    library's message quoting a URI), and exit."""
     streams.flush_quietly()  # what was printed goes out first; a stdout failing now is the lesser news
     try:
-        typer.echo(f"Error: {one_line(message)}", err=True)
+        typer.echo(f"Error: {_line(message)}", err=True)
     except OSError:
         pass  # stderr cannot take it either (full): the exit code says it
     sys.exit(code)
+
+
+def _line(text: object) -> str:
+    """A message on one line as text, credentials masked: what every error and note line prints."""
+    return one_line(redacted(str(text)))
 
 
 def _home(value: Any) -> Any:
@@ -118,7 +125,6 @@ def train(
     data_dir: DataDir = None,
 ) -> None:
     """Train one run in this process (no Ray, no store): for debugging a config."""
-    from rethink.runner.single import run_one
     from rethink.tasks.spec import DataSpec, RunSpec, TrainSpec, parse_corruption, parse_regularizer
 
     spec = RunSpec(
@@ -128,6 +134,8 @@ def train(
         train=TrainSpec(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, lr_decay=lr_decay,
                         optimizer=optimizer, fit_threshold=fit_threshold),
     )
+    from rethink.runner.single import run_one  # torch: imported once the options are known to be valid
+
     outcome = run_one(spec, data_dir or _default_data_dir(), checkpoint=checkpoint, device=device, as_json=as_json)
     if outcome.status == "failed":
         raise RethinkError(f"run {outcome.run_id} failed at epoch {outcome.epochs_done}: {outcome.error}")
@@ -154,9 +162,9 @@ def _print_summary(name: str, summary) -> None:
     line = f"{name}: {summary.done} done, {summary.failed} failed, {summary.skipped} already done"
     typer.echo(line + (" — cancelled; `rethink resume " + name + "` finishes it" if summary.cancelled else ""))
     for note in summary.notes:
-        typer.echo(f"note: {one_line(note)}", err=True)
+        typer.echo(f"note: {_line(note)}", err=True)
     for run_id, error in summary.errors.items():  # both read back from the store: shown as text
-        typer.echo(f"failed {one_line(run_id)}: {one_line(error)}", err=True)
+        typer.echo(f"failed {one_line(run_id)}: {_line(error)}", err=True)
 
 
 @app.command()
@@ -298,7 +306,7 @@ def report(
     for table in result.tables:
         Console().print(table)
     for note in result.notes:
-        typer.echo(f"note: {one_line(note)}", err=True)
+        typer.echo(f"note: {_line(note)}", err=True)
     typer.echo(f"wrote {result.html} ({len(result.figures)} figures as {', '.join(result.formats)} beside it)")
 
 

@@ -26,6 +26,20 @@ _HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u2028\u2029\
                      "\u2066-\u2069\ufeff]")
 
 
+# Credentials in a URI quoted by a message: a user (and key) before the host, and the values
+# of secret-named query keys, in any letter case.
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/?#\s@]*@", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"(\b[\w-]*(?:secret|passw|token|credential|signature|sas|_key)[\w-]*=)[^&\s'\"]*",
+                           re.IGNORECASE)
+
+
+def redacted(text: str) -> str:
+    """`text` with anything credential-shaped in a URI masked: a user and key before the host,
+    and the values of secret-named query keys. Every error line the CLI prints goes through it,
+    so a credential quoted by a library, a --cluster or $RAY_ADDRESS is never printed."""
+    return _SECRET_VALUE.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+
+
 def _shown(char: str) -> str:
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -139,15 +139,16 @@ def normalize_address(address: str) -> str:
     on it; other schemes are imported as Python modules)."""
     text = address.strip()
     example = f"e.g. http://HEAD:{DASHBOARD_PORT}"
-    parts = urlsplit(text if "://" in text else f"http://{text}")
     try:
+        parts = urlsplit(text if "://" in text else f"http://{text}")
         port = parts.port or DASHBOARD_PORT
-    except ValueError:
-        port = None
+    except ValueError:  # an unclosed '[' of an IPv6 host, a port out of range
+        parts, port = urlsplit("http://"), None
     if parts.scheme not in ("http", "https") or not parts.hostname or port is None or parts.path not in ("", "/") \
             or parts.query or parts.fragment or parts.username:
-        raise ClusterError(f"--cluster takes the address of the Ray dashboard (its Jobs API), {example}; "
-                           f"got '{address}'")
+        got = "" if "@" in text or "?" in text or "#" in text else f"; got '{address}'"  # never echo a credential
+        raise ClusterError(f"--cluster takes the address of the Ray dashboard (its Jobs API), {example}, "
+                           f"with no user, password, query or fragment{got}")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port}"
 

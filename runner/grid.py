@@ -164,9 +164,10 @@ def _apply_overrides(raw: dict, overrides: dict[str, object], problems: Problems
         else:
             flat.append((key, list(value) if isinstance(value, tuple) else value))
     for key, value in flat:
-        if value is None or value == []:
-            continue
         section, dot, field = key.partition(".")
+        known = key in TOP_KEYS if not dot else section in _SECTIONS and field in _section_fields(section)
+        if known and (value is None or value == []):
+            continue  # not given; an unknown key is refused whatever its value (a typo is never silent)
         if not dot and key in TOP_KEYS:
             out[key], out.lines[key] = value, None
         elif dot and section in _SECTIONS and field in _section_fields(section):

@@ -210,7 +210,9 @@ def _run_experiment(
 def _say_starting(name: str, address: str | None) -> None:
     """The first seconds of a submit are Ray's start: say so, on stderr, before they pass."""
     where = address or os.environ.get("RAY_ADDRESS")
-    what = f"joining the Ray cluster at {where}" if where else "starting an embedded Ray cluster"
+    from rethink.text import one_line, redacted  # $RAY_ADDRESS may hold a user:password
+
+    what = f"joining the Ray cluster at {one_line(redacted(where))}" if where else "starting an embedded Ray cluster"
     print(f"{name}: {what}…", file=sys.stderr, flush=True)
 
 

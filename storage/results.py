@@ -10,9 +10,11 @@ argument of the wrong kind is a UsageError before anything is read, never a bare
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import pyarrow as pa
 
@@ -28,7 +30,25 @@ if TYPE_CHECKING:
     import polars
 
 Params = Sequence[Any] | dict[str, Any] | None
+F = TypeVar("F", bound=Callable[..., Any])
 REPR_ROWS = 20  # rows a result shows when printed; .df(), .pl() and .arrow() hold them all
+
+
+def _api(func: F) -> F:
+    """A public function whose arguments do not fit it (too many, a missing one, an unknown
+    keyword) refuses with a UsageError, as one of the wrong kind does, never a bare TypeError."""
+    signature = inspect.signature(func)
+    name = func.__qualname__.replace("StoreReader.", "")  # sql(), runs(): as a notebook calls them
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise UsageError(f"{name}(): {exc}") from None
+        return func(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 class MissingPackageError(RethinkError):
@@ -42,19 +62,23 @@ class Result:
     def __init__(self, table: pa.Table):
         self._table = table
 
+    @_api
     def arrow(self) -> pa.Table:
         return self._table
 
+    @_api
     def df(self) -> pandas.DataFrame:
         """A pandas DataFrame (needs pandas)."""
         _require("pandas", "df")
         return self._table.to_pandas()
 
+    @_api
     def pl(self) -> polars.DataFrame:
         """A polars DataFrame (needs polars)."""
         polars = _require("polars", "pl")
         return polars.from_arrow(self._table)
 
+    @_api
     def rows(self) -> list[dict[str, Any]]:
         """One dict per row: plain Python values, no frame library needed."""
         return self._table.to_pylist()
@@ -79,6 +103,7 @@ class StoreReader:
         self.root = reader.store.root  # the folder, or the bucket path of a remote store
         self.uri = reader.store.uri  # as the caller gave it
 
+    @_api
     def sql(self, query: str, params: Params = None) -> Result:
         """Run read-only SQL; `params` fill `?` (a sequence) or `$name` (a dict) placeholders.
         Writing SQL is refused with the one line `rethink query` prints."""
@@ -91,6 +116,7 @@ class StoreReader:
         check_read_only(query)
         return Result(self._fetch(query, params))
 
+    @_api
     def runs(self, experiment: str | None = None) -> Result:
         """The `runs` view, one row per (experiment, run), optionally of one experiment."""
         if experiment is None:
@@ -98,6 +124,7 @@ class StoreReader:
         self._check_experiment(experiment)
         return self.sql("SELECT * FROM runs WHERE experiment = ? ORDER BY run_id", [experiment])
 
+    @_api
     def epochs(self, experiment: str | None = None) -> Result:
         """The `epochs` view, one row per run per epoch, optionally of one experiment's runs."""
         if experiment is None:
@@ -106,6 +133,7 @@ class StoreReader:
         return self.sql("SELECT * FROM epochs WHERE run_id IN (SELECT run_id FROM runs WHERE experiment = ?) "
                         "ORDER BY run_id, epoch", [experiment])
 
+    @_api
     def experiments(self) -> list[str]:
         """The names of the experiments submitted to this store, sorted."""
         return self._store.experiments()
@@ -134,6 +162,7 @@ class StoreReader:
         return self._reader.run(fetch)
 
 
+@_api
 def open_store(uri: str | os.PathLike[str]) -> StoreReader:
     """Open the store at `uri` for reading: a local folder, or a pyarrow filesystem URI
     (`file:///abs/path`, `s3://BUCKET/PATH?endpoint_override=...`, with the keys in the
@@ -144,6 +173,8 @@ def open_store(uri: str | os.PathLike[str]) -> StoreReader:
         raise UsageError(f"open_store() takes a store's folder or URI as a str or pathlib.Path, got {_shown(uri)}")
     if not uri.strip():
         raise UsageError("open_store() needs a store's folder or URI, got an empty string")
+    if "\x00" in uri:  # no path or URI holds one; the filesystem layers would raise their own error
+        raise UsageError(f"open_store() takes a store's folder or URI, got one with a NUL character: {_shown(uri)}")
     return StoreReader(Reader.open(uri))
 
 

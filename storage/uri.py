@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 import pyarrow.fs as pafs
 
 from rethink.storage.errors import StoreError
+from rethink.text import redacted
 
 TIMEOUT_ENV = "RETHINK_REMOTE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 10.0  # one request's wait for an answer; a silent endpoint fails in ~3 tries of it
@@ -35,9 +36,6 @@ GCS_OPTIONS = ("scheme", "endpoint_override", "retry_limit_seconds", "project_id
 # A query key naming a secret, in any scheme (pyarrow's, Azure's, presigned URLs').
 _SECRET_KEY = re.compile(r"secret|passw|token|credential|signature|sas|(^|_)key$|^x-amz-", re.IGNORECASE)
 _NOT_SECRET = ("credential_kind",)  # Azure's: which kind of credentials to look up, not one
-_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/?#\s@]*@", re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"(\b[\w-]*(?:secret|passw|token|credential|signature|sas|_key)[\w-]*=)[^&\s'\"]*",
-                           re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -78,12 +76,6 @@ def check(uri: str) -> None:
                 break
     if where:
         raise StoreError(f"the store URI holds credentials ({where}); {CREDENTIALS}")
-
-
-def redacted(text: str) -> str:
-    """`text` with anything credential-shaped in a URI masked: a user and key before the host,
-    and the values of secret-named query keys. For messages that quote a library's error."""
-    return _SECRET_VALUE.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 def _is_port(host: str) -> bool:

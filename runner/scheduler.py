@@ -101,7 +101,7 @@ def connect_ray(address: str | None, quiet: bool) -> bool:
         raise RethinkError(f"cannot reach the Ray cluster at '{address}': {' '.join(str(exc).split())}") from None
     except SystemExit as exc:  # SIGTERM met Ray's handler, set while ray.init ran: our stop all the same
         if exc.code == signal.SIGTERM:
-            raise signals.Terminated() from None
+            signals.interrupt(signal.SIGTERM)
         raise
     return True
 
@@ -116,7 +116,7 @@ def run_experiment(
             return _run_experiment(store, name, runs, resources, data_dir, address=address, quiet=quiet,
                                    pack_size=pack_size, prepare=prepare)
     except KeyboardInterrupt as exc:  # before the grid's loop (while Ray starts): nothing to stop yet
-        raise Interrupted.of(name, signals.terminated(exc), started=False) from None
+        raise Interrupted.of(name, signals.received(exc), started=False) from None
 
 
 def _run_experiment(
@@ -198,7 +198,7 @@ def _run_experiment(
                 progress.tick()
     except KeyboardInterrupt as exc:
         summary.cancelled = True
-        raise Interrupted.of(name, signals.terminated(exc)) from None
+        raise Interrupted.of(name, signals.received(exc)) from None
     finally:
         if in_flight:
             _stop(in_flight, store, StopReason.CANCELLED if store.cancel_requested(name) else StopReason.INTERRUPTED)
@@ -257,12 +257,13 @@ class Interrupted(RethinkError):
     exit_code = 130
 
     @classmethod
-    def of(cls, name: str, terminated: bool, started: bool = True) -> Interrupted:
-        what = "terminated (SIGTERM)" if terminated else "interrupted"
+    def of(cls, name: str, signum: int | None, started: bool = True) -> Interrupted:
+        """The line for Ctrl-C (signum None) or a SIGTERM/SIGHUP taken as one (runner/signals.py)."""
+        what = f"terminated ({signal.Signals(signum).name})" if signum else "interrupted"
         stop = cls(f"{what}; the grid is resumable: `rethink resume {name}`" if started else
                    f"{what} while Ray started, before any run of {name} was scheduled")
-        if terminated:
-            stop.exit_code = 143  # 128 + SIGTERM, as a shell reports a process it ended
+        if signum:
+            stop.exit_code = 128 + signum  # as a shell reports a process a signal ended
         return stop
 
 

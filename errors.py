@@ -13,6 +13,14 @@ class RethinkError(Exception):
 
     exit_code = 1
 
+    def __str__(self) -> str:
+        """The message with its control characters shown visibly (`\\x1b`): it may quote a store's
+        text or a path (DuckDB's "Could not convert string '...'"), and a traceback in a terminal
+        or notebook prints it as is. The CLI then puts it on one line."""
+        from rethink.text import visible
+
+        return visible(super().__str__(), keep="\n\t")
+
 
 class SpecError(RethinkError):
     """A run, grid or command-line option that does not describe a valid run."""

@@ -93,3 +93,21 @@ def test_python_api_refuses_arguments_that_do_not_fit_with_usage_error(tmp_path:
             call()
         assert "\x00" not in str(excinfo.value)
     assert store.sql(query="select 1 as a").rows() == [{"a": 1}]
+
+
+def test_an_error_quoting_store_text_shows_its_control_characters(tmp_path: Path) -> None:
+    """DuckDB's conversion error quotes the value: a hostile model name from the run list reaches
+    a notebook's traceback through str(RethinkError), which shows it visibly (errors.py)."""
+    from rethink.runner.grid import parse_grid, run_row
+    from rethink.storage.store import Store
+
+    grid = parse_grid("name: g\ndataset: synthetic\nmodel: mlp1x512\ntrain: {epochs: 1}\n")
+    store = Store.open(tmp_path, create=True)
+    store.save_experiment(grid.name, grid.text, [run_row(grid.name, r) | {"model": "m\x1b]0;t\x07\x1b[2J\u202e"}
+                                                 for r in grid.runs])
+    with pytest.raises(rethink.RethinkError) as excinfo:
+        rethink.open_store(tmp_path).sql("select model::int from runs")
+    shown = str(excinfo.value)
+    assert "m\\x1b]0;t\\x07\\x1b[2J\\u202e" in shown and not any(c in shown for c in "\x1b\x07\u202e")
+    result = CliRunner().invoke(app, ["query", "select model::int from runs", "--store", str(tmp_path)])
+    assert "\\x1b[2J" in _one_error_line(result)

@@ -5,6 +5,7 @@ rest go on; runs another process is training are waited for, never trained twice
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -63,7 +64,14 @@ def gpu_bytes_per_task(resources: Resources) -> int | None:
     80, an H100); None when the grid asks for no GPU."""
     if not resources.gpus:
         return None
-    return int(float(os.environ.get("RETHINK_GPU_MEMORY_GB", 80)) * 2**30 * min(resources.gpus, 1.0))
+    text = os.environ.get("RETHINK_GPU_MEMORY_GB", "").strip() or "80"
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = math.nan
+    if not 0 < gb <= 100_000:
+        raise RethinkError(f"RETHINK_GPU_MEMORY_GB must be a GPU's memory in GB (e.g. 80), got {text[:40]!r}")
+    return int(gb * 2**30 * min(resources.gpus, 1.0))
 
 
 def pack_task(store_uri: str, experiment: str, configs: list[dict], data_dir: str, token: str,

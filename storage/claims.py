@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator
 
+from rethink.storage import envtime
 from rethink.storage.errors import DamagedFileError, StoreError
 from rethink.storage.layout import DRIVER_LEASE, RunPaths, attempt_of
 from rethink.text import one_line
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from rethink.storage.objectstore import S3Objects
     from rethink.storage.store import Store
 
-CLAIM_TIMEOUT_S = float(os.environ.get("RETHINK_CLAIM_TIMEOUT", 600))  # no heartbeat this long: stale
+CLAIM_TIMEOUT_S = envtime.seconds("RETHINK_CLAIM_TIMEOUT", 600.0)  # no heartbeat this long: stale
 LEASE_SETTLE_S = 2.0  # a driver lease is read back this long after writing it (no exclusive create)
 
 

@@ -54,12 +54,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rethink.states import RunState, StopReason
-from rethink.storage import layout, parts, retired, schema
+from rethink.storage import envtime, layout, parts, retired, schema
 from rethink.storage.claims import gone_from_here, parse_owner
 from rethink.storage.store import DamagedFileError, Store, StoreError
 
 STOP_ENV = "RETHINK_COMPACT_STOP_AT"
-LOCK_TIMEOUT_S = float(os.environ.get("RETHINK_COMPACT_LOCK_TIMEOUT", 3600))  # a holder this quiet is gone
+LOCK_TIMEOUT_S = envtime.seconds("RETHINK_COMPACT_LOCK_TIMEOUT", 3600.0)  # a holder this quiet is gone
 THREADS = 8  # per-run files read and deleted at once
 ROW_GROUP = 65_536  # rows per row group: a reader of one run's rows reads one or two groups
 SCHEMAS = {"epochs": schema.EPOCHS, "status": schema.STATUS}

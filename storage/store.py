@@ -22,7 +22,7 @@ from rethink.errors import os_errors, os_reason
 from rethink.storage import limits, schema
 from rethink.storage.claims import Claims, now  # noqa: F401 - now is re-exported
 from rethink.storage.errors import DamagedFileError, StoreError  # noqa: F401 - re-exported: callers import them here
-from rethink.storage.layout import MARKER, ExperimentPaths, RunPaths, epoch_of
+from rethink.storage.layout import MARKER, NAME_PATTERN, ExperimentPaths, RunPaths, epoch_of
 from rethink.storage.localfs import LocalStore
 
 if TYPE_CHECKING:
@@ -271,7 +271,10 @@ class Store(Claims):
         self.write_table(paths.runs, rows, schema.EXPERIMENT_RUNS)  # the same grid makes the same rows
 
     def experiments(self) -> list[str]:
-        return [n.split("=", 1)[1] for n in self.listdir("experiments") if n.startswith("name=")]
+        """The experiments' names; a folder whose name rethink never writes (`name=../x`, ESC) is
+        not one, so one stray folder cannot make `status` or a notebook fail or print it."""
+        names = [n.split("=", 1)[1] for n in self.listdir("experiments") if n.startswith("name=")]
+        return [n for n in names if NAME_PATTERN.fullmatch(n)]
 
     def experiment_grid(self, name: str) -> str:
         blob = self.read(ExperimentPaths(name).grid)

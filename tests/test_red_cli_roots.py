@@ -111,3 +111,18 @@ def test_an_error_quoting_store_text_shows_its_control_characters(tmp_path: Path
     assert "m\\x1b]0;t\\x07\\x1b[2J\\u202e" in shown and not any(c in shown for c in "\x1b\x07\u202e")
     result = CliRunner().invoke(app, ["query", "select model::int from runs", "--store", str(tmp_path)])
     assert "\\x1b[2J" in _one_error_line(result)
+
+
+def test_a_stray_experiment_folder_is_not_an_experiment(tmp_path: Path) -> None:
+    """A folder rethink never writes (`name=` with ESC, upper case, invalid UTF-8) made every
+    `rethink status` fail on the name rule; it is not listed at all (Store.experiments)."""
+    from rethink.runner.grid import parse_grid, run_row
+    from rethink.storage.store import Store
+
+    grid = parse_grid("name: g\ndataset: synthetic\nmodel: mlp1x512\ntrain: {epochs: 1}\n")
+    Store.open(tmp_path, create=True).save_experiment(grid.name, grid.text, [run_row(grid.name, r) for r in grid.runs])
+    for stray in (b"name=x\x1b[2J[red]", b"name=Y\xff", b"name=" + b"a" * 200):
+        os.makedirs(os.path.join(os.fsencode(tmp_path), b"experiments", stray))
+    assert rethink.open_store(tmp_path).experiments() == ["g"]
+    result = CliRunner().invoke(app, ["status", "--store", str(tmp_path)])
+    assert result.exit_code == 0 and "\x1b" not in result.output, result.output

@@ -74,7 +74,11 @@ def _home(value: Any) -> Any:
     """A leading `~` is the home folder for every path option and argument, also after `=`
     where the shell leaves it (`--store=~/runs`); a URI is left as it is."""
     if isinstance(value, (str, Path)) and str(value).startswith("~"):
-        return type(value)(os.path.expanduser(value))
+        expanded = os.path.expanduser(value)
+        if expanded.startswith("~"):  # `~nosuch/x`: left as is here, a RuntimeError in pathlib later
+            raise typer.BadParameter(f"{one_line(str(value).split('/')[0])} names no user of this machine; "
+                                     "give the folder in full")
+        return type(value)(expanded)
     return value
 
 

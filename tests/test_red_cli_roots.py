@@ -126,3 +126,12 @@ def test_a_stray_experiment_folder_is_not_an_experiment(tmp_path: Path) -> None:
     assert rethink.open_store(tmp_path).experiments() == ["g"]
     result = CliRunner().invoke(app, ["status", "--store", str(tmp_path)])
     assert result.exit_code == 0 and "\x1b" not in result.output, result.output
+
+
+@pytest.mark.parametrize("args", [["train", "--data-dir", "~rethink-no-such-user/data"],
+                                  ["status", "--store=~rethink-no-such-user/runs"],
+                                  ["submit", "~rethink-no-such-user/g.yaml", "--dry-run"]])
+def test_a_tilde_of_no_user_is_one_line(args: list[str]) -> None:
+    """`~nosuch` is left as is by expanduser, and pathlib raised RuntimeError on it later."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "names no user" in _one_error_line(result)

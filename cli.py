@@ -97,7 +97,14 @@ def _root() -> None:
 
 
 def _default_data_dir() -> Path:
-    return Path(os.environ.get("RETHINK_DATA") or Path.home() / ".cache" / "rethink" / "data")
+    """$RETHINK_DATA, its `~` expanded as a flag's is, else ~/.cache/rethink/data."""
+    text = os.environ.get("RETHINK_DATA")
+    if not text:
+        return Path.home() / ".cache" / "rethink" / "data"
+    try:
+        return _home(Path(text))
+    except typer.BadParameter as exc:
+        raise RethinkError(f"RETHINK_DATA: {exc.message}") from None
 
 
 DataDir = Annotated[Path | None, typer.Option(help="Dataset folder (Parquet or torchvision layout); default $RETHINK_DATA or ~/.cache/rethink/data.", show_default=False, callback=_home)]

@@ -91,8 +91,10 @@ def guard_stdout() -> None:
     if own is not sys.__stdout__:
         return
     raw = _Stdout(1 in closed or own is None)
+    # A character the output's encoding lacks (PYTHONIOENCODING=ascii, a latin-1 terminal: Rich's
+    # box lines, `…`, a store's text) is written as its \\u escape, never a UnicodeEncodeError.
     sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=getattr(own, "encoding", None) or "utf-8",
-                                  errors=getattr(own, "errors", None) or "strict", line_buffering=raw.isatty())
+                                  errors="backslashreplace", line_buffering=raw.isatty())
     atexit.register(flush_quietly)  # runs before Python's own flush, which then finds nothing left
 
 

@@ -135,3 +135,21 @@ def test_a_tilde_of_no_user_is_one_line(args: list[str]) -> None:
     """`~nosuch` is left as is by expanduser, and pathlib raised RuntimeError on it later."""
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "names no user" in _one_error_line(result)
+
+
+def test_output_in_an_encoding_without_its_characters_is_escaped_not_a_traceback(tmp_path: Path) -> None:
+    """PYTHONIOENCODING=ascii (or a latin-1 terminal): the dry run's `–` and a store name's
+    characters are written as escapes by the guarded stdout (streams.py), never a
+    UnicodeEncodeError. A real subprocess: only the real stdout is guarded."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndataset: synthetic\nmodel: mlp1x512\ntrain: {epochs: 1}\n")
+    for encoding in ("ascii", "latin-1"):
+        proc = subprocess.run([*RETHINK, "submit", str(grid), "--dry-run"], capture_output=True, timeout=60,
+                              env={**os.environ, "PYTHONIOENCODING": encoding})
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr and b"1 run" in proc.stdout, proc.stderr
+
+
+def test_rethink_data_of_no_user_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETHINK_DATA", "~rethink-no-such-user/data")
+    result = CliRunner().invoke(app, ["train", "--epochs", "1"])
+    assert "RETHINK_DATA" in _one_error_line(result)

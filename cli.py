@@ -202,7 +202,7 @@ def submit(
     if cluster:
         from rethink.runner import cluster as jobs
 
-        typer.echo(jobs.submit_job(cluster, spec, store, str(data_dir) if data_dir else None, pack_size))
+        typer.echo(_line(jobs.submit_job(cluster, spec, store, str(data_dir) if data_dir else None, pack_size)))
         return
     summary = api.submit(spec, store, data_dir or _default_data_dir(), address=address, quiet=quiet, pack_size=pack_size)
     _print_summary(spec.name, summary)
@@ -241,7 +241,7 @@ def compact(name: NameArg, store: StoreOpt = DEFAULT_STORE) -> None:
     from rethink.storage.compact import compact as fold
     from rethink.storage.store import Store
 
-    typer.echo(fold(Store.open(store), name).line())
+    typer.echo(_line(fold(Store.open(store), name).line()))
 
 
 @app.command()
@@ -313,12 +313,13 @@ def report(
     from rethink.runner.report import build_report
 
     result = build_report(store, name, str(out or Path("report") / name), fmt)
-    typer.echo(result.header)
+    typer.echo(_line(result.header))
     for table in result.tables:
         Console().print(table)
     for note in result.notes:
         typer.echo(f"note: {_line(note)}", err=True)
-    typer.echo(f"wrote {result.html} ({len(result.figures)} figures as {', '.join(result.formats)} beside it)")
+    # the folder is the user's --out, which may hold ESC or a newline: shown as text too
+    typer.echo(_line(f"wrote {result.html} ({len(result.figures)} figures as {', '.join(result.formats)} beside it)"))
 
 
 def main() -> None:

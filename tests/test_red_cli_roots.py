@@ -153,3 +153,20 @@ def test_rethink_data_of_no_user_is_one_line(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("RETHINK_DATA", "~rethink-no-such-user/data")
     result = CliRunner().invoke(app, ["train", "--epochs", "1"])
     assert "RETHINK_DATA" in _one_error_line(result)
+
+
+def test_report_names_its_folder_as_text(tmp_path: Path) -> None:
+    """`wrote FOLDER/report.html`: the folder is the user's --out, echoed through cli._line."""
+    from rethink.runner.grid import parse_grid, run_row
+    from rethink.runner.worker import run_pack
+    from rethink.storage.store import Store
+
+    grid = parse_grid("name: g\ndataset: synthetic\ndata: {train_size: 32, test_size: 16, image_size: 8}\n"
+                      "model: mlp1x512\ntrain: {epochs: 1, batch_size: 16, probe_every: 0}\n")
+    store = tmp_path / "store"
+    Store.open(store, create=True).save_experiment(grid.name, grid.text, [run_row(grid.name, r) for r in grid.runs])
+    run_pack(str(store), grid.name, [r.to_dict() for r in grid.runs], "unused", token="t")
+    out = tmp_path / "r\x1b]0;t\x07\x1b[2J"
+    result = CliRunner().invoke(app, ["report", "g", "--store", str(store), "--out", str(out)])
+    assert result.exit_code == 0 and (out / "report.html").is_file(), result.output
+    assert "r\\x1b]0;t\\x07\\x1b[2J/report.html" in result.stdout and "\x1b" not in result.stdout

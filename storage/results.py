@@ -23,7 +23,7 @@ from rethink.storage.errors import QueryError
 from rethink.storage.formatting import format_table
 from rethink.storage.reader import Reader
 from rethink.storage.views import check_read_only
-from rethink.text import one_line
+from rethink.text import one_line, visible
 
 if TYPE_CHECKING:
     import pandas
@@ -139,7 +139,7 @@ class StoreReader:
         return self._store.experiments()
 
     def __repr__(self) -> str:
-        return f"<rethink store {self.uri}: {len(self.experiments())} experiments>"
+        return f"<rethink store {visible(self.uri)}: {len(self.experiments())} experiments>"
 
     def _check_experiment(self, name: object) -> None:
         """A misspelt name would give an empty frame, which looks like an answer: refuse it."""

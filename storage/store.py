@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 
 
 
+def _resolved(grid_text: str) -> str:
+    """A frozen grid without its header comment, which names the file it came from: the same grid
+    submitted from another path (another checkout, another working directory) is the same grid."""
+    first, newline, rest = grid_text.partition("\n")
+    return rest if first.startswith("# grid ") and newline else grid_text
+
+
 class Store(Claims):
     def __init__(self, fs: pafs.FileSystem, root: str, uri: str):
         self.fs, self.root, self.uri = fs, root.rstrip("/"), uri
@@ -253,7 +260,7 @@ class Store(Claims):
         old = self.read(paths.grid)
         if old is None:
             return False
-        if _grid_text(paths.grid, old) != grid_text:
+        if _resolved(_grid_text(paths.grid, old)) != _resolved(grid_text):
             raise StoreError(
                 f"experiment '{name}' already exists in this store with a different grid; "
                 f"rename it, or `rethink resume {name}` to finish the existing one"

@@ -96,3 +96,18 @@ def test_concurrent_claims_give_one_owner(tmp_path):
     # but no attempt number is ever given twice
     numbers = [a for a in answers if a != "None"]
     assert numbers and len(numbers) == len(set(numbers))
+
+
+def test_the_same_grid_from_another_path_is_the_same_experiment(tmp_path):
+    """The frozen grid's header names the file it came from; another path to the same grid (a
+    second checkout, another working directory) is the same experiment, another grid is not."""
+    from rethink.runner.grid import parse_grid
+
+    text = "name: same\ndataset: synthetic\nmodel: mlp1x512\nseed: [0, 1]\n"
+    store = Store.open(tmp_path, create=True)
+    first = parse_grid(text, source="/one/grid.yaml")
+    store.save_experiment("same", first.text, [])
+    assert "/one/grid.yaml" in first.text.splitlines()[0]
+    assert store.check_experiment("same", parse_grid(text, source="/two/grid.yaml").text)
+    with pytest.raises(StoreError, match="different grid"):
+        store.check_experiment("same", parse_grid(text.replace("[0, 1]", "[0, 2]"), source="/one/grid.yaml").text)

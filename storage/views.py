@@ -107,25 +107,16 @@ LEFT JOIN state s ON s.run_id = p.run_id
 # `epochs` keeps only a file's own rows, and `runs` counts the others as `foreign_rows`. Copies
 # of one epoch in a file (an append, a hand merge) are kept once: the one with the most steps,
 # then the latest wall time (copies equal in both are one measurement written twice), the rest
-# counted as `duplicate_rows`. Only the repeated keys (found by one hash grouping) go through a
-# window; sorting every row by (run, epoch) cost 0.06 s more at 10,000 runs x 100 epochs. The
-# stored rows are read once (MATERIALIZED): three scans of files a running grid replaces could
-# each see another version of a file within one query.
+# counted as `duplicate_rows`. A window on (run, epoch) costs little next to reading the files
+# (bench/store_query.py: see the README).
 EPOCH_COPIES_SQL = """
 CREATE OR REPLACE VIEW epoch_copies AS
-WITH stored AS MATERIALIZED (
-    SELECT * EXCLUDE (file_run_id), coalesce(file_run_id, run_id) AS file_run_id
-    FROM (SELECT *, CAST(NULL AS VARCHAR) AS file_run_id FROM ({empty})
-          UNION ALL BY NAME
-          {{rows}})
-),
-repeated AS (               -- (file, run, epoch) stored more than once: none in an undamaged store
-    SELECT file_run_id, run_id, epoch, count(*) AS copies FROM stored GROUP BY ALL HAVING count(*) > 1
-)
-SELECT s.*, 1::BIGINT AS copies FROM stored s ANTI JOIN repeated r USING (file_run_id, run_id, epoch)
-UNION ALL
-SELECT s.*, r.copies FROM stored s JOIN repeated r USING (file_run_id, run_id, epoch)
-QUALIFY row_number() OVER (PARTITION BY s.file_run_id, s.run_id, s.epoch ORDER BY s.step DESC, s.wall_s DESC) = 1
+SELECT *, count(*) OVER (PARTITION BY file_run_id, run_id, epoch) AS copies
+FROM (SELECT * EXCLUDE (file_run_id), coalesce(file_run_id, run_id) AS file_run_id
+      FROM (SELECT *, CAST(NULL AS VARCHAR) AS file_run_id FROM ({empty})
+            UNION ALL BY NAME
+            {{rows}}))
+QUALIFY row_number() OVER (PARTITION BY file_run_id, run_id, epoch ORDER BY step DESC, wall_s DESC) = 1
 """.format(empty=empty(schema.EPOCHS))
 
 EPOCHS_SQL = """

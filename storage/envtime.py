@@ -13,8 +13,9 @@ from rethink.storage.errors import StoreError
 MAX_S = 7 * 24 * 3600.0  # a week: longer than any wait rethink means
 
 
-def seconds(name: str, default: float) -> float:
-    """$name as seconds in (0, MAX_S], `default` when unset or blank; otherwise one line."""
+def seconds(name: str, default: float, most: float = MAX_S, example: float | None = None) -> float:
+    """$name as seconds in (0, most], `default` when unset or blank; otherwise one line, which
+    shows the default (or `example`, where the default is no good example)."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -22,7 +23,7 @@ def seconds(name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= MAX_S:
-        raise StoreError(f"{name} must be a number of seconds in (0, {MAX_S:g}] (default {default:g}), "
-                         f"got {text[:40]!r}")
+    if not 0 < value <= most:
+        shown = f"e.g. {example:g}" if example is not None else f"default {default:g}"
+        raise StoreError(f"{name} must be a number of seconds in (0, {most:g}] ({shown}), got {text[:40]!r}")
     return value

@@ -103,17 +103,9 @@ def query_pairs(uri: str) -> list[tuple[str, str]]:
 def timeout_s() -> float:
     """Seconds one remote request waits to connect and for an answer: RETHINK_REMOTE_TIMEOUT, else
     DEFAULT_TIMEOUT_S; a value that is not a number of seconds is one line."""
-    text = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= MAX_TIMEOUT_S:
-        raise StoreError(f"{TIMEOUT_ENV} must be a number of seconds in (0, {MAX_TIMEOUT_S:g}] (e.g. 30), "
-                         f"got {text[:40]!r}")
-    return value
+    from rethink.storage.envtime import seconds
+
+    return seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, most=MAX_TIMEOUT_S, example=30)
 
 
 # ---- opening -----------------------------------------------------------------------------------
